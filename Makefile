@@ -1,0 +1,75 @@
+# Livestream flash-sale backend. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps fetch up down ps logs demo test test-unit test-integration \
+        lint typecheck fmt check bench token clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	@touch $@
+
+system-deps: ## install redis-server and chromium from Debian when missing; check Java and Maven
+	@deploy/local/install-system-deps.sh
+
+install: system-deps $(STAMP) ## everything a fresh machine needs: system packages, the virtualenv
+	@echo "installed: $(VENV) and system packages"
+
+fetch: $(STAMP) ## resolve the Kafka broker's jars from Maven Central into the cache
+	@$(PY) -m deploy.local.stack fetch
+
+up: install fetch ## start Kafka, Redis and the three services; wait for every /readyz
+	@$(PY) -m deploy.local.stack up
+
+down: ## stop the services, Redis and Kafka
+	@test -x $(PY) && $(PY) -m deploy.local.stack down || true
+
+ps: ## what runs, with pids, URLs and readiness
+	@$(PY) -m deploy.local.stack ps
+
+logs: ## the tail of every log under .run/logs
+	@$(PY) -m deploy.local.stack logs
+
+demo: up ## start the stack and run a simulated live flash sale against it
+	@$(PY) -m bench.demo --env-file .run/stack.env
+
+test: install fetch ## install, then run the whole suite on a real Kafka and Redis it starts itself
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## only the unit tests (no servers)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP) ## mypy --strict
+	$(VENV)/bin/mypy
+
+fmt: $(STAMP) ## format and fix what ruff can
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+check: lint typecheck test ## lint, typecheck and the whole suite
+
+bench: up ## the reservation benchmark against the running stack (figures, not a pass/fail)
+	@$(PY) -m bench.reserve_burst --env-file .run/stack.env
+
+token: $(STAMP) ## mint a token: make token ROLE=host SUB=host-1 [WAREHOUSE=wh-1]
+	@$(PY) -m services.common.mint_token --env-file .run/stack.env --role $(ROLE) --sub $(SUB) \
+	  $(if $(WAREHOUSE),--warehouse-id $(WAREHOUSE))
+
+clean: down ## stop everything and remove .run (logs, data) and the virtualenv
+	rm -rf .run $(VENV)

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the project needs from Debian's packages and is not on a fresh machine:
+# redis-server (the stack and the tests), chromium (the browser tests), and checks that
+# Java 17+ and Maven (Kafka) are there. Idempotent: installs only what is missing.
+set -euo pipefail
+
+want=()
+command -v redis-server >/dev/null || want+=(redis-server)
+[[ "${LC_SKIP_CHROMIUM:-0}" == 1 ]] || [[ -x /usr/bin/chromium ]] || want+=(chromium)
+command -v java >/dev/null || want+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || want+=(maven)
+
+if ((${#want[@]})); then
+  if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
+    echo "missing: ${want[*]} — install them with your package manager (Debian: apt-get install ${want[*]})" >&2
+    exit 1
+  fi
+  echo "installing from Debian: ${want[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null
+fi
+
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+if [[ -z "$java_major" || "$java_major" -lt 17 ]]; then
+  echo "Kafka 4 needs Java 17 or newer; found: $(java -version 2>&1 | head -1)" >&2
+  exit 1
+fi

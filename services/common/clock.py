@@ -1,0 +1,34 @@
+"""Wall-clock helpers. Times on the wire are RFC 3339 UTC with a `Z` suffix."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def now_rfc3339() -> str:
+    return to_rfc3339(utc_now())
+
+
+def from_rfc3339(text: str) -> datetime:
+    """Parse an RFC 3339 time; a time without an offset is refused, never guessed."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset")
+    return moment.astimezone(UTC)
+
+
+def ms_to_rfc3339(epoch_ms: int) -> str:
+    return to_rfc3339(datetime.fromtimestamp(epoch_ms / 1000, UTC))
+
+
+def epoch_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,247 @@
+"""A consumer-group runner: batches from `getmany`, explicit offset commits, a DLQ.
+
+Delivery is at-least-once: a partition's batch is committed only after its handler returned,
+so a crash replays it. Handlers make that harmless by being idempotent (dedup by order_id or
+event_id, or the consumed offset recorded in the same atomic Redis step as the effect).
+A message that cannot be decoded or validated goes to the DLQ with the reason and its
+original bytes, and its offset is committed with the batch: never silently skipped, never
+blocking the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from services.common.events import Envelope, InvalidEvent, decode
+from services.common.kafka_producer import EventPublisher
+from services.common.metrics import PlatformMetrics
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedEvent:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    envelope: Envelope
+    timestamp_ms: int
+
+
+# Receives the decoded events of one partition, in offset order.
+BatchHandler = Callable[[Sequence[ConsumedEvent]], Awaitable[None]]
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Wait for the batch in flight: its offsets get committed before another member
+        # takes the partition, so the new owner does not redo it.
+        async with self._runner.processing:
+            log.info(
+                "partitions revoked",
+                extra={"group": self._runner.group, "partitions": str(revoked)},
+            )
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info(
+            "partitions assigned", extra={"group": self._runner.group, "partitions": str(assigned)}
+        )
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        group: str,
+        topics: Sequence[str],
+        handler: BatchHandler,
+        publisher: EventPublisher,
+        metrics: PlatformMetrics,
+        dlq_topic: str,
+        max_records: int | None = None,
+    ) -> None:
+        self.group = group
+        self._settings = settings
+        self._topics = list(topics)
+        self._handler = handler
+        self._publisher = publisher
+        self._metrics = metrics
+        self._dlq_topic = dlq_topic
+        self._max_records = max_records or settings.consumer_batch_max
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_poll = 0.0
+        self._failing_since: float | None = None
+        self._stopping = False
+        self.processing = asyncio.Lock()
+
+    @property
+    def healthy(self) -> bool:
+        """Polling, and the handler not stuck failing for more than 10 s."""
+        if self._task is None or self._task.done():
+            return False
+        now = time.monotonic()
+        if self._failing_since is not None and now - self._failing_since > 10:
+            return False
+        return now - self._last_poll < 10
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._settings.kafka_bootstrap,
+            group_id=self.group,
+            client_id=self._settings.instance_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self._max_records,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+            fetch_max_wait_ms=50,
+        )
+        self._consumer.subscribe(self._topics, listener=_Rebalance(self))
+        await self._consumer.start()
+        self._last_poll = time.monotonic()
+        self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group}")
+
+    async def stop(self) -> None:
+        """Finish the batch in flight (for up to 5 s), commit it, leave the group. A batch
+        cut short is not committed and replays on the next owner, harmlessly."""
+        if self._task is not None:
+            self._stopping = True
+            try:
+                async with asyncio.timeout(5):
+                    async with self.processing:
+                        pass
+            except TimeoutError:
+                log.warning("stopping mid-batch", extra={"group": self.group})
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        consumer = self._consumer
+        while True:
+            batches = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
+            self._last_poll = time.monotonic()
+            for tp, records in batches.items():
+                if not records:
+                    continue
+                async with self.processing:
+                    # The lock is taken per partition batch: a revocation waits for at most
+                    # one batch, not the whole poll.
+                    if self._stopping:
+                        return
+                    if tp not in consumer.assignment():
+                        continue
+                    await self._handle_partition(consumer, tp, records)
+
+    async def _handle_partition(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord]
+    ) -> None:
+        events: list[ConsumedEvent] = []
+        for record in records:
+            try:
+                envelope = decode(record.value)
+            except InvalidEvent as exc:
+                await self._dead_letter(record, exc.reason)
+                continue
+            events.append(
+                ConsumedEvent(
+                    topic=record.topic,
+                    partition=record.partition,
+                    offset=record.offset,
+                    key=record.key.decode("utf-8", "replace") if record.key is not None else None,
+                    envelope=envelope,
+                    timestamp_ms=record.timestamp,
+                )
+            )
+            self._metrics.events_consumed.labels(self.group, record.topic, envelope.type).inc()
+        if events:
+            await self._call_handler(events)
+        self._metrics.consumer_batch_size.labels(self.group).observe(len(records))
+        next_offset = records[-1].offset + 1
+        try:
+            await consumer.commit({tp: OffsetAndMetadata(next_offset, "")})
+        except (CommitFailedError, KafkaError) as exc:
+            # The partition moved to another member mid-batch: it will replay the batch,
+            # which the idempotent handler turns into no new effect.
+            log.warning("commit failed", extra={"group": self.group, "error": repr(exc)})
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            self._metrics.consumer_lag.labels(self.group, tp.topic, str(tp.partition)).set(
+                max(highwater - next_offset, 0)
+            )
+
+    async def _call_handler(self, events: list[ConsumedEvent]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self._handler(events)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._metrics.handler_failures.labels(self.group).inc()
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                log.exception(
+                    "batch handler failed; retrying",
+                    extra={"group": self.group, "attempt": attempt, "retry_in_s": delay},
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            self._failing_since = None
+            return
+
+    async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        dead = Envelope.create(
+            "event.dead_lettered",
+            {
+                "reason": reason[:2000],
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "consumer_group": self.group,
+                "key_b64": base64.b64encode(record.key).decode()
+                if record.key is not None
+                else None,
+                "value_b64": base64.b64encode(record.value or b"").decode(),
+            },
+            source=self._settings.instance_id,
+            # Several groups read the same bad message: each records it once.
+            dedup_key=f"{self.group}:{record.topic}:{record.partition}:{record.offset}",
+        )
+        await self._publisher.publish(self._dlq_topic, f"{record.topic}:{record.partition}", dead)
+        self._metrics.dead_lettered.labels(self.group, record.topic).inc()
+        log.warning(
+            "message dead-lettered",
+            extra={
+                "group": self.group,
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": reason,
+            },
+        )

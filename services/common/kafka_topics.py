@@ -1,0 +1,89 @@
+"""Topic names and their idempotent provisioning."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from services.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    orders: str
+    inventory: str
+    picks: str
+    sessions: str
+    dlq: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> Topics:
+        return cls(
+            orders=f"{prefix}orders",
+            inventory=f"{prefix}inventory",
+            picks=f"{prefix}picks",
+            sessions=f"{prefix}sessions",
+            dlq=f"{prefix}dlq",
+        )
+
+    def all(self) -> tuple[str, ...]:
+        return (self.orders, self.inventory, self.picks, self.sessions, self.dlq)
+
+
+def topic_specs(settings: Settings) -> list[NewTopic]:
+    topics = Topics.with_prefix(settings.topic_prefix)
+    retention = {"retention.ms": str(settings.topic_retention_ms)}
+    if settings.topic_replication_factor > 1:
+        # Production: an acknowledged write survives the loss of one broker.
+        retention["min.insync.replicas"] = "2"
+    specs = [
+        NewTopic(
+            name,
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+            topic_configs=dict(retention),
+        )
+        for name in (topics.orders, topics.inventory, topics.picks, topics.dlq)
+    ]
+    # Sessions are state, not history: compaction keeps the latest version of each session.
+    compacted = {"cleanup.policy": "compact"}
+    if settings.topic_replication_factor > 1:
+        compacted["min.insync.replicas"] = "2"
+    specs.append(
+        NewTopic(
+            topics.sessions,
+            settings.topic_partitions,
+            settings.topic_replication_factor,
+            topic_configs=compacted,
+        )
+    )
+    return specs
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the missing topics; returns the names it created. Safe to run concurrently
+    from every service: a topic another process created first is simply left alone."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.instance_id}-admin"
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in topic_specs(settings) if spec.name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(missing)
+        created = []
+        for name, code, *_ in getattr(response, "topic_errors", []):
+            if code == 0:
+                created.append(name)
+            elif code != 36:  # 36: TOPIC_ALREADY_EXISTS, a concurrent creator won
+                raise RuntimeError(f"creating topic {name} failed with Kafka error {code}")
+        log.info("topics created", extra={"topics": created})
+        return created
+    finally:
+        await admin.close()

@@ -1,0 +1,83 @@
+"""Prometheus metrics shared by every service, on a registry owned by the app.
+
+Each app builds its own `CollectorRegistry` (no process-global state), so several apps can
+live in one test process and each `/metrics` shows only its own service.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformMetrics:
+    registry: CollectorRegistry
+    http_requests: Counter
+    http_latency: Histogram
+    events_consumed: Counter
+    events_published: Counter
+    dead_lettered: Counter
+    consumer_lag: Gauge
+    consumer_batch_size: Histogram
+    handler_failures: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> PlatformMetrics:
+        registry = registry or CollectorRegistry()
+        return cls(
+            registry=registry,
+            http_requests=Counter(
+                "lc_http_requests",
+                "HTTP requests answered, by route and status",
+                ["method", "route", "status"],
+                registry=registry,
+            ),
+            http_latency=Histogram(
+                "lc_http_request_seconds",
+                "HTTP request latency by route",
+                ["method", "route"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            events_consumed=Counter(
+                "lc_events_consumed",
+                "Kafka events consumed, by topic and type",
+                ["group", "topic", "type"],
+                registry=registry,
+            ),
+            events_published=Counter(
+                "lc_events_published",
+                "Kafka events published, by topic and type",
+                ["topic", "type"],
+                registry=registry,
+            ),
+            dead_lettered=Counter(
+                "lc_events_dead_lettered",
+                "Messages sent to the DLQ, by source topic",
+                ["group", "topic"],
+                registry=registry,
+            ),
+            consumer_lag=Gauge(
+                "lc_consumer_lag",
+                "Messages behind the high watermark, by partition",
+                ["group", "topic", "partition"],
+                registry=registry,
+            ),
+            consumer_batch_size=Histogram(
+                "lc_consumer_batch_size",
+                "Events handled per consumed partition batch",
+                ["group"],
+                buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+                registry=registry,
+            ),
+            handler_failures=Counter(
+                "lc_consumer_handler_failures",
+                "Batches whose handler raised (they are retried, never skipped)",
+                ["group"],
+                registry=registry,
+            ),
+        )

@@ -1,0 +1,48 @@
+"""Lua scripts kept as `.lua` files beside the code that calls them.
+
+A script is read with `importlib.resources`, registered once per client, and called by
+SHA. When Redis answers NOSCRIPT (it restarted, or SCRIPT FLUSH ran) the script is loaded
+again and the call repeated once: the script did not run, so repeating it is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import NoScriptError
+
+KeyT = str | bytes
+ArgT = str | bytes | int | float
+
+
+class LuaScript:
+    def __init__(self, package: str, filename: str) -> None:
+        self.name = filename
+        self.source = resources.files(package).joinpath(filename).read_text("utf-8")
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    async def __call__(self, client: Redis, keys: list[KeyT], args: list[ArgT]) -> Any:
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def create_redis(url: str) -> Redis:
+    """A client with timeouts that let a dead Redis surface as an error within seconds
+    (readiness turns 503) instead of hanging a request."""
+    # A blocking pool: during a burst, requests queue for a connection (bounded wait)
+    # instead of failing with "too many connections".
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=64,
+        timeout=5,
+        socket_timeout=5,
+        socket_connect_timeout=2,
+        health_check_interval=5,
+    )
+    return Redis(connection_pool=pool)

@@ -1,0 +1,138 @@
+"""Settings read once from `LC_*` environment variables into a frozen dataclass.
+
+Every service calls `Settings.from_env(service)` in its `__main__` and nowhere else: nothing
+reads the environment at import time, and a missing or malformed variable stops the process
+at start with the variable's name in the message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_PORTS = {"live_orders": 8081, "inventory": 8082, "notifier": 8083}
+
+
+class SettingsError(ValueError):
+    """A required `LC_*` variable is missing or cannot be parsed."""
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _read(env: Mapping[str, str], name: str, parse: Callable[[str], T], default: T | None) -> T:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise SettingsError(f"{name} is required but not set")
+        return default
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={raw!r} is malformed: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    service: str
+    jwt_secret: str
+    http_host: str = "0.0.0.0"
+    http_port: int = 8081
+    kafka_bootstrap: str = "localhost:9092"
+    redis_url: str = "redis://localhost:6379/0"
+    topic_prefix: str = "lc."
+    topic_partitions: int = 12
+    topic_replication_factor: int = 1
+    topic_retention_ms: int = 7 * 24 * 3600 * 1000
+    reservation_ttl_s: float = 900.0
+    # Key prefix for every Redis key this deployment writes, so that test runs and
+    # several stacks can share one Redis without seeing each other's data.
+    redis_prefix: str = "lc:"
+    max_body_bytes: int = 64 * 1024
+    consumer_batch_max: int = 500
+    # Buyer token bucket: a human pressing buy a few times never reaches it; a bot does.
+    rate_limit_burst: int = 10
+    rate_limit_per_s: float = 5.0
+    order_wait_default_s: float = 2.0
+    push_interval_s: float = 0.25
+    sweep_interval_s: float = 1.0
+    allowed_origins: tuple[str, ...] = ()
+    log_level: str = "INFO"
+    instance_id: str = ""
+
+    @classmethod
+    def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings of `service` from `env` (default: `os.environ`)."""
+        if service not in DEFAULT_PORTS:
+            raise SettingsError(f"unknown service {service!r}")
+        env = os.environ if env is None else env
+        port_var = f"LC_{service.upper()}_PORT"
+        return cls(
+            service=service,
+            jwt_secret=_read(env, "LC_JWT_SECRET", _secret, None),
+            http_host=_read(env, "LC_HTTP_HOST", str, "0.0.0.0"),
+            http_port=_read(env, port_var, _positive_int, DEFAULT_PORTS[service]),
+            kafka_bootstrap=_read(env, "LC_KAFKA_BOOTSTRAP", str, "localhost:9092"),
+            redis_url=_read(env, "LC_REDIS_URL", _redis_url, "redis://localhost:6379/0"),
+            topic_prefix=_read(env, "LC_TOPIC_PREFIX", str, "lc."),
+            topic_partitions=_read(env, "LC_TOPIC_PARTITIONS", _positive_int, 12),
+            topic_replication_factor=_read(env, "LC_TOPIC_REPLICATION_FACTOR", _positive_int, 1),
+            topic_retention_ms=_read(
+                env, "LC_TOPIC_RETENTION_MS", _positive_int, 7 * 24 * 3600 * 1000
+            ),
+            reservation_ttl_s=_read(env, "LC_RESERVATION_TTL_S", _non_negative_float, 900.0),
+            redis_prefix=_read(env, "LC_REDIS_PREFIX", str, "lc:"),
+            max_body_bytes=_read(env, "LC_MAX_BODY_BYTES", _positive_int, 64 * 1024),
+            consumer_batch_max=_read(env, "LC_CONSUMER_BATCH_MAX", _positive_int, 500),
+            rate_limit_burst=_read(env, "LC_RATE_LIMIT_BURST", _positive_int, 10),
+            rate_limit_per_s=_read(env, "LC_RATE_LIMIT_PER_S", _non_negative_float, 5.0),
+            order_wait_default_s=_read(env, "LC_ORDER_WAIT_DEFAULT_S", _non_negative_float, 2.0),
+            push_interval_s=_read(env, "LC_PUSH_INTERVAL_S", _non_negative_float, 0.25),
+            sweep_interval_s=_read(env, "LC_SWEEP_INTERVAL_S", _non_negative_float, 1.0),
+            allowed_origins=_read(env, "LC_ALLOWED_ORIGINS", _csv, ()),
+            log_level=_read(env, "LC_LOG_LEVEL", _log_level, "INFO"),
+            instance_id=_read(env, "LC_INSTANCE_ID", str, f"{service}-{os.getpid()}"),
+        )
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed (tests and the bench build variants this way)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _secret(raw: str) -> str:
+    if len(raw) < 16:
+        raise ValueError("must be at least 16 characters")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+    return level

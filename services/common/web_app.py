@@ -1,0 +1,188 @@
+"""The aiohttp app factory every service builds on.
+
+`create_base_app` gives the routes and middleware all services share (`/healthz`,
+`/readyz`, `/metrics`, problem+json errors, body limit, request metrics);
+`platform_context` opens and closes the Redis client and Kafka producer in
+`app.cleanup_ctx`. A service adds its own routes and cleanup contexts after these.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import Redis
+
+from services.common.auth import Principal, Role, authenticate, require_role
+from services.common.json_logging import configure_logging
+from services.common.kafka_producer import EventPublisher, create_producer
+from services.common.kafka_topics import Topics, ensure_topics
+from services.common.metrics import PlatformMetrics
+from services.common.problems import ProblemError, bad_request, problem_response, unprocessable
+from services.common.readiness import Readiness, kafka_check, redis_check
+from services.common.redis_scripts import create_redis
+from services.common.schemas import first_error
+from services.common.settings import Settings, SettingsError
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", PlatformMetrics)
+READINESS = web.AppKey("readiness", Readiness)
+REDIS = web.AppKey("redis", Redis)
+PUBLISHER = web.AppKey("publisher", EventPublisher)
+TOPICS = web.AppKey("topics", Topics)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProblemError as problem:
+        return problem.response()
+    except web.HTTPRequestEntityTooLarge as exc:
+        return problem_response(413, "Content Too Large", exc.text or "request body too large")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(
+            exc.status, exc.reason, exc.text or exc.reason, headers=_keep_headers(exc)
+        )
+    except Exception:
+        log.exception("unhandled error", extra={"path": request.path, "method": request.method})
+        return problem_response(500, "Internal Server Error", "the server failed to answer")
+
+
+def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
+    return {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+
+
+def _metrics_middleware(metrics: PlatformMetrics) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            route = request.match_info.route.resource
+            name = route.canonical if route is not None else "unmatched"
+            metrics.http_requests.labels(request.method, name, str(status)).inc()
+            metrics.http_latency.labels(request.method, name).observe(time.perf_counter() - started)
+
+    return middleware
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    checks = await request.app[READINESS].evaluate()
+    if all(checks.values()):
+        return web.Response(
+            body=orjson.dumps({"status": "ready", "checks": checks}),
+            content_type="application/json",
+        )
+    failing = ", ".join(name for name, ok in checks.items() if not ok)
+    return problem_response(503, "Service Unavailable", f"not ready: {failing}", checks=checks)
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def create_base_app(settings: Settings, metrics: PlatformMetrics | None = None) -> web.Application:
+    metrics = metrics or PlatformMetrics.create()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[_metrics_middleware(metrics), problem_middleware],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[READINESS] = Readiness()
+    app[TOPICS] = Topics.with_prefix(settings.topic_prefix)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    app.cleanup_ctx.append(platform_context)
+    return app
+
+
+async def platform_context(app: web.Application) -> AsyncIterator[None]:
+    """Redis client, topics and the Kafka producer, for the app's lifetime."""
+    settings = app[SETTINGS]
+    redis = create_redis(settings.redis_url)
+    await ensure_topics(settings)
+    producer = create_producer(settings)
+    await producer.start()
+    app[REDIS] = redis
+    app[PUBLISHER] = EventPublisher(producer, app[METRICS])
+    app[READINESS].add("redis", redis_check(redis))
+    app[READINESS].add("kafka", kafka_check(producer))
+    try:
+        yield
+    finally:
+        await producer.stop()
+        await redis.aclose()
+
+
+def principal(request: web.Request, *roles: Role) -> Principal:
+    """The caller, authenticated (401) and, when roles are given, authorized (403)."""
+    who = authenticate(request, request.app[SETTINGS].jwt_secret)
+    return require_role(who, *roles) if roles else who
+
+
+async def read_json_body(request: web.Request, schema: str) -> dict[str, Any]:
+    """The request body as a dict valid against `schemas/http/<schema>.json`.
+
+    Too large: 413 (the app's `client_max_size`). Not JSON: 400. Not an object, unknown
+    fields, wrong types, missing required fields: 422. Nothing has changed at that point.
+    """
+    raw = await request.read()
+    if not raw:
+        raise bad_request("request body is empty; a JSON object is required")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"request body is not valid JSON: {exc}") from exc
+    error = first_error(f"http/{schema}.json", body)
+    if error is not None:
+        raise unprocessable(error)
+    if not isinstance(body, dict):
+        raise unprocessable("request body must be a JSON object")
+    return body
+
+
+def run(app: web.Application, settings: Settings) -> None:
+    web.run_app(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10,
+    )
+
+
+def serve(service: str, create_app: Callable[[Settings], web.Application]) -> int:
+    """The body of every service's `__main__`: settings (fail loudly), logs, serve."""
+    try:
+        settings = Settings.from_env(service)
+    except SettingsError as exc:
+        print(f"{service}: configuration error: {exc}", flush=True)
+        return 2
+    configure_logging(service, settings.log_level)
+    log.info("starting", extra={"port": settings.http_port, "instance": settings.instance_id})
+    run(create_app(settings), settings)
+    return 0

@@ -1,0 +1,1 @@
+"""inventory: stock, lots and reservations, decided atomically in Redis Lua scripts."""

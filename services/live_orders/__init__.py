@@ -1,0 +1,1 @@
+"""live_orders: sessions, listings and orders; the buyer-facing API. Never touches stock."""

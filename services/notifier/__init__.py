@@ -1,0 +1,1 @@
+"""notifier: live views for hosts (counters) and warehouse staff (pick queue)."""

@@ -1,0 +1,197 @@
+"""Shared fixtures: one real Kafka broker and one real redis-server per test session, on
+ports of their own (never a developer's running stack), and per-test isolation by a fresh
+topic prefix and Redis key prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from deploy.local.stack import ROOT, free_port, http_ok, start_kafka, start_redis, stop_process
+from services.common.auth import Role, mint_token
+from services.common.settings import Settings
+from tests.waiting import eventually
+
+JWT_SECRET = "test-secret-" + "x" * 24
+
+
+@dataclass(frozen=True)
+class Backends:
+    kafka_bootstrap: str
+    redis_url: str
+    redis_port: int
+    state_dir: Path
+
+
+@pytest.fixture(scope="session")
+def backends() -> Iterator[Backends]:
+    """Kafka (KRaft) and Redis for the whole session. The first use starts them; tests
+    that need neither (tests/unit) never pay for it."""
+    state = Path(tempfile.mkdtemp(prefix="lc-test-"))
+    kafka_port, controller_port, redis_port = free_port(), free_port(), free_port()
+    kafka = start_kafka(
+        port=kafka_port,
+        controller_port=controller_port,
+        state_dir=state / "kafka",
+        log=state / "kafka.log",
+        heap="768m",
+    )
+    redis = start_redis(port=redis_port, state_dir=state / "redis", log=state / "redis.log")
+    try:
+        yield Backends(
+            kafka_bootstrap=f"127.0.0.1:{kafka_port}",
+            redis_url=f"redis://127.0.0.1:{redis_port}/0",
+            redis_port=redis_port,
+            state_dir=state,
+        )
+    finally:
+        stop_process(redis.proc)
+        stop_process(kafka.proc)
+
+
+@pytest.fixture
+def prefix() -> str:
+    """Unique per test: topics `<prefix>orders`..., Redis keys `<prefix>...`."""
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+@pytest.fixture
+def make_settings(backends: Backends, prefix: str) -> Callable[..., Settings]:
+    def build(service: str, **overrides: Any) -> Settings:
+        env = {
+            "LC_JWT_SECRET": JWT_SECRET,
+            "LC_KAFKA_BOOTSTRAP": backends.kafka_bootstrap,
+            "LC_REDIS_URL": backends.redis_url,
+            "LC_TOPIC_PREFIX": prefix,
+            "LC_REDIS_PREFIX": prefix,
+            "LC_TOPIC_PARTITIONS": "4",
+            "LC_HTTP_HOST": "127.0.0.1",
+            f"LC_{service.upper()}_PORT": str(free_port()),
+        }
+        settings = Settings.from_env(service, env)
+        return settings.replace(instance_id=f"{service}-{uuid.uuid4().hex[:6]}", **overrides)
+
+    return build
+
+
+def token(role: Role, sub: str, warehouse_id: str | None = None) -> str:
+    return mint_token(JWT_SECRET, sub=sub, role=role, warehouse_id=warehouse_id)
+
+
+def auth(role: Role, sub: str, warehouse_id: str | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token(role, sub, warehouse_id)}"}
+
+
+@dataclass
+class RunningApp:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+@pytest.fixture
+async def run_app() -> AsyncIterator[Callable[..., Any]]:
+    """Start an app in this process on its settings' port; stopped after the test."""
+    running: list[RunningApp] = []
+
+    async def start(
+        create_app: Callable[[Settings], web.Application], settings: Settings
+    ) -> RunningApp:
+        app = create_app(settings)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", settings.http_port)
+        await site.start()
+        handle = RunningApp(f"http://127.0.0.1:{settings.http_port}", app, runner)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in reversed(running):
+        await handle.stop()
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        stop_process(self.proc, 15)
+
+
+@pytest.fixture
+def service_processes(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
+    """Start a service as its own process (`python -m services.<name>`)."""
+    started: list[ServiceProcess] = []
+
+    def start(settings: Settings, **extra_env: str) -> ServiceProcess:
+        env = {
+            **os.environ,
+            "LC_JWT_SECRET": settings.jwt_secret,
+            "LC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "LC_REDIS_URL": settings.redis_url,
+            "LC_TOPIC_PREFIX": settings.topic_prefix,
+            "LC_REDIS_PREFIX": settings.redis_prefix,
+            "LC_TOPIC_PARTITIONS": str(settings.topic_partitions),
+            "LC_RESERVATION_TTL_S": str(settings.reservation_ttl_s),
+            "LC_HTTP_HOST": "127.0.0.1",
+            f"LC_{settings.service.upper()}_PORT": str(settings.http_port),
+            "LC_INSTANCE_ID": settings.instance_id,
+            **extra_env,
+        }
+        log = tmp_path / f"{settings.instance_id}.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", f"services.{settings.service}"],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        handle = ServiceProcess(
+            settings.service, f"http://127.0.0.1:{settings.http_port}", proc, log
+        )
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        with contextlib.suppress(Exception):
+            handle.stop()
+
+
+async def wait_ready(url: str, timeout: float = 60) -> None:
+    async def ready() -> bool:
+        return http_ok(f"{url}/readyz")
+
+    await eventually(ready, timeout=timeout, interval=0.2, what=f"{url}/readyz == 200")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        yield session
