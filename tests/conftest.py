@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from deploy.local.stack import ROOT, free_port, http_ok, start_kafka, start_redis, stop_process
+from deploy.local.stack import ROOT, free_port, start_kafka, start_redis, stop_process
 from services.common.auth import Role, mint_token
 from services.common.settings import Settings
 from tests.waiting import eventually
@@ -183,11 +183,23 @@ def service_processes(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]
             handle.stop()
 
 
-async def wait_ready(url: str, timeout: float = 60) -> None:
-    async def ready() -> bool:
-        return http_ok(f"{url}/readyz")
+async def wait_ready(
+    url: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll `/readyz` until 200 (failing early if the process died)."""
+    async with aiohttp.ClientSession() as session:
 
-    await eventually(ready, timeout=timeout, interval=0.2, what=f"{url}/readyz == 200")
+        async def ready() -> bool:
+            assert proc is None or proc.poll() is None, f"process exited with {proc.returncode}"
+            try:
+                async with session.get(
+                    f"{url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
+                ) as r:
+                    return r.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await eventually(ready, timeout=timeout, interval=0.2, what=f"{url}/readyz == 200")
 
 
 @pytest.fixture
