@@ -183,6 +183,8 @@ def serve(service: str, create_app: Callable[[Settings], web.Application]) -> in
         print(f"{service}: configuration error: {exc}", flush=True)
         return 2
     configure_logging(service, settings.log_level)
+    if len(settings.jwt_secret.encode()) < 32:
+        log.warning("LC_JWT_SECRET is shorter than 32 bytes; use a longer random secret")
     log.info("starting", extra={"port": settings.http_port, "instance": settings.instance_id})
     run(create_app(settings), settings)
     return 0

@@ -1,0 +1,99 @@
+import typing
+
+import orjson
+import pytest
+
+from services.common.event_types import EVENT_TYPES
+from services.common.events import Envelope, InvalidEvent, decode, encode
+from services.common.schemas import SCHEMAS_DIR, validator
+
+PLACED = {
+    "order_id": "o-1",
+    "session_id": "s-1",
+    "sku": "crab-01",
+    "buyer_id": "b-1",
+    "quantity": 2,
+    "unit_price_cents": 8800,
+    "total_cents": 17600,
+    "per_user_limit": 2,
+    "placed_at": "2026-11-28T12:00:00.000Z",
+}
+
+
+def test_round_trip_keeps_every_field() -> None:
+    envelope = Envelope.create("order.placed", PLACED, source="test", trace_id="t-1")
+    decoded = decode(encode(envelope))
+    assert decoded == envelope
+
+
+def test_dedup_key_gives_a_stable_event_id() -> None:
+    first = Envelope.create("reservation.expired", {}, source="a", dedup_key="o-1")
+    again = Envelope.create("reservation.expired", {}, source="b", dedup_key="o-1")
+    other_type = Envelope.create("reservation.released", {}, source="a", dedup_key="o-1")
+    assert first.event_id == again.event_id
+    assert first.event_id != other_type.event_id
+    assert Envelope.create("x.y", {}, source="a").event_id != first.event_id
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "tombstone"),
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"type": "order.placed"}', "envelope"),
+    ],
+)
+def test_undecodable_messages_say_why(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=reason):
+        decode(raw)
+
+
+def _document(**changes: object) -> bytes:
+    envelope = Envelope.create("order.placed", PLACED, source="test")
+    document = orjson.loads(encode(envelope))
+    document.update(changes)
+    return orjson.dumps(document)
+
+
+def test_unknown_type_is_invalid() -> None:
+    with pytest.raises(InvalidEvent, match=r"unknown event type order\.exploded v1"):
+        decode(_document(type="order.exploded"))
+
+
+def test_data_is_checked_against_its_schema() -> None:
+    with pytest.raises(InvalidEvent, match="quantity"):
+        decode(_document(data={**PLACED, "quantity": 0}))
+    with pytest.raises(InvalidEvent, match="Additional properties"):
+        decode(_document(data={**PLACED, "price_cents": 1}))
+    missing = dict(PLACED)
+    del missing["sku"]
+    with pytest.raises(InvalidEvent, match="sku"):
+        decode(_document(data=missing))
+
+
+def test_encode_refuses_an_invalid_event() -> None:
+    with pytest.raises(InvalidEvent):
+        encode(Envelope.create("order.placed", {**PLACED, "quantity": "two"}, source="t"))
+
+
+def _required_and_all(data_type: type) -> tuple[set[str], set[str]]:
+    hints = typing.get_type_hints(data_type, include_extras=True)
+    required = {
+        name for name, hint in hints.items() if typing.get_origin(hint) is not typing.NotRequired
+    }
+    return required, set(hints)
+
+
+@pytest.mark.parametrize(("name", "version"), sorted(EVENT_TYPES))
+def test_python_types_and_schemas_agree(name: str, version: int) -> None:
+    schema = validator(f"events/{name}.v{version}.json").schema
+    required, fields = _required_and_all(EVENT_TYPES[(name, version)])
+    assert set(schema["properties"]) == fields
+    assert set(schema["required"]) == required
+    assert schema["additionalProperties"] is False
+
+
+def test_every_schema_file_is_registered() -> None:
+    files = {p.name for p in (SCHEMAS_DIR / "events").glob("*.json")}
+    assert files == {f"{name}.v{version}.json" for name, version in EVENT_TYPES}
