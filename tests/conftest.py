@@ -65,24 +65,33 @@ def backends() -> Iterator[Backends]:
 @pytest.fixture
 def prefix() -> str:
     """Unique per test: topics `<prefix>orders`..., Redis keys `<prefix>...`."""
+    return new_prefix()
+
+
+def settings_for(backends: Backends, prefix: str, service: str, **overrides: Any) -> Settings:
+    """Settings of one service for the test backends and a key/topic prefix."""
+    env = {
+        "LC_JWT_SECRET": JWT_SECRET,
+        "LC_KAFKA_BOOTSTRAP": backends.kafka_bootstrap,
+        "LC_REDIS_URL": backends.redis_url,
+        "LC_TOPIC_PREFIX": prefix,
+        "LC_REDIS_PREFIX": prefix,
+        "LC_TOPIC_PARTITIONS": "4",
+        "LC_HTTP_HOST": "127.0.0.1",
+        f"LC_{service.upper()}_PORT": str(free_port()),
+    }
+    settings = Settings.from_env(service, env)
+    return settings.replace(instance_id=f"{service}-{uuid.uuid4().hex[:6]}", **overrides)
+
+
+def new_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}."
 
 
 @pytest.fixture
 def make_settings(backends: Backends, prefix: str) -> Callable[..., Settings]:
     def build(service: str, **overrides: Any) -> Settings:
-        env = {
-            "LC_JWT_SECRET": JWT_SECRET,
-            "LC_KAFKA_BOOTSTRAP": backends.kafka_bootstrap,
-            "LC_REDIS_URL": backends.redis_url,
-            "LC_TOPIC_PREFIX": prefix,
-            "LC_REDIS_PREFIX": prefix,
-            "LC_TOPIC_PARTITIONS": "4",
-            "LC_HTTP_HOST": "127.0.0.1",
-            f"LC_{service.upper()}_PORT": str(free_port()),
-        }
-        settings = Settings.from_env(service, env)
-        return settings.replace(instance_id=f"{service}-{uuid.uuid4().hex[:6]}", **overrides)
+        return settings_for(backends, prefix, service, **overrides)
 
     return build
 
@@ -142,38 +151,44 @@ class ServiceProcess:
         stop_process(self.proc, 15)
 
 
+def start_service_process(settings: Settings, log_dir: Path, **extra_env: str) -> ServiceProcess:
+    """Start `python -m services.<name>` with exactly these settings."""
+    env = {
+        **os.environ,
+        "LC_JWT_SECRET": settings.jwt_secret,
+        "LC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LC_REDIS_URL": settings.redis_url,
+        "LC_TOPIC_PREFIX": settings.topic_prefix,
+        "LC_REDIS_PREFIX": settings.redis_prefix,
+        "LC_TOPIC_PARTITIONS": str(settings.topic_partitions),
+        "LC_RESERVATION_TTL_S": str(settings.reservation_ttl_s),
+        "LC_SWEEP_INTERVAL_S": str(settings.sweep_interval_s),
+        "LC_RATE_LIMIT_BURST": str(settings.rate_limit_burst),
+        "LC_RATE_LIMIT_PER_S": str(settings.rate_limit_per_s),
+        "LC_HTTP_HOST": "127.0.0.1",
+        f"LC_{settings.service.upper()}_PORT": str(settings.http_port),
+        "LC_INSTANCE_ID": settings.instance_id,
+        **extra_env,
+    }
+    log = log_dir / f"{settings.instance_id}.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"services.{settings.service}"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return ServiceProcess(settings.service, f"http://127.0.0.1:{settings.http_port}", proc, log)
+
+
 @pytest.fixture
 def service_processes(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]:
-    """Start a service as its own process (`python -m services.<name>`)."""
+    """Start a service as its own process; all are stopped after the test."""
     started: list[ServiceProcess] = []
 
     def start(settings: Settings, **extra_env: str) -> ServiceProcess:
-        env = {
-            **os.environ,
-            "LC_JWT_SECRET": settings.jwt_secret,
-            "LC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "LC_REDIS_URL": settings.redis_url,
-            "LC_TOPIC_PREFIX": settings.topic_prefix,
-            "LC_REDIS_PREFIX": settings.redis_prefix,
-            "LC_TOPIC_PARTITIONS": str(settings.topic_partitions),
-            "LC_RESERVATION_TTL_S": str(settings.reservation_ttl_s),
-            "LC_HTTP_HOST": "127.0.0.1",
-            f"LC_{settings.service.upper()}_PORT": str(settings.http_port),
-            "LC_INSTANCE_ID": settings.instance_id,
-            **extra_env,
-        }
-        log = tmp_path / f"{settings.instance_id}.log"
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", f"services.{settings.service}"],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        handle = ServiceProcess(
-            settings.service, f"http://127.0.0.1:{settings.http_port}", proc, log
-        )
+        handle = start_service_process(settings, tmp_path, **extra_env)
         started.append(handle)
         return handle
 
