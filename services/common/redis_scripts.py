@@ -45,4 +45,6 @@ def create_redis(url: str) -> Redis:
         socket_connect_timeout=2,
         health_check_interval=5,
     )
-    return Redis(connection_pool=pool)
+    # from_pool: the client owns the pool, so `aclose()` also disconnects its connections
+    # (`Redis(connection_pool=pool)` would leave them open).
+    return Redis.from_pool(pool)

@@ -2,12 +2,94 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
+from services.common.kafka_consumer import ConsumerRunner
+from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
-from services.common.web_app import create_base_app
+from services.common.web_app import (
+    METRICS,
+    PUBLISHER,
+    READINESS,
+    REDIS,
+    SETTINGS,
+    TOPICS,
+    create_base_app,
+)
+from services.inventory.app_keys import INVENTORY_METRICS, STOCK_STORE
+from services.inventory.hold_sweeper import HoldSweeper, OutboxPublisher
+from services.inventory.http_api import add_routes
+from services.inventory.metrics import InventoryMetrics
+from services.inventory.order_consumer import OrderEventHandler
+from services.inventory.stock_store import StockStore
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = create_base_app(settings)
+    metrics = PlatformMetrics.create()
+    app = create_base_app(settings, metrics)
+    app[INVENTORY_METRICS] = InventoryMetrics.create(metrics.registry)
+    add_routes(app)
+    # After the platform context (appended by create_base_app): Redis and the producer
+    # are open when this starts, and still open while it stops.
+    app.cleanup_ctx.append(inventory_context)
     return app
+
+
+async def inventory_context(app: web.Application) -> AsyncIterator[None]:
+    """The stock store, the orders consumer, the hold sweeper and its outbox publisher."""
+    settings = app[SETTINGS]
+    topics = app[TOPICS]
+    publisher = app[PUBLISHER]
+    metrics = app[INVENTORY_METRICS]
+    store = StockStore(app[REDIS], settings)
+    app[STOCK_STORE] = store
+
+    consumer = ConsumerRunner(
+        settings=settings,
+        group=f"{settings.topic_prefix}inventory",
+        topics=[topics.orders],
+        handler=OrderEventHandler(
+            store=store,
+            publisher=publisher,
+            topics=topics,
+            metrics=metrics,
+            source=settings.instance_id,
+        ),
+        publisher=publisher,
+        metrics=app[METRICS],
+        dlq_topic=topics.dlq,
+    )
+    sweeper = HoldSweeper(store=store, metrics=metrics, interval_s=settings.sweep_interval_s)
+    outbox = OutboxPublisher(
+        store=store,
+        publisher=publisher,
+        topics=topics,
+        source=settings.instance_id,
+        interval_s=settings.sweep_interval_s,
+        wake=sweeper.released,
+    )
+
+    async def consumer_healthy() -> bool:
+        return consumer.healthy
+
+    await consumer.start()
+    app[READINESS].add("consumer", consumer_healthy)
+    tasks = [
+        asyncio.create_task(sweeper.run(), name="inventory:sweeper"),
+        asyncio.create_task(outbox.run(), name="inventory:outbox"),
+    ]
+    try:
+        yield
+    finally:
+        # The consumer first: its batch in flight finishes and commits while Redis and
+        # the producer are still open. Then the loops, which hold no state of their own.
+        await consumer.stop()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,114 @@
+-- commit.lua: order.paid for one order of one sku, in one atomic step.
+--
+-- KEYS[1] stock   hash: received, available, reserved, sold, off:<topic>:<partition>
+-- KEYS[2] orders  hash: order_id -> JSON record
+-- KEYS[3] buyers  hash: buyer_id -> units held (reserved + paid)
+-- KEYS[4] holds   sorted set: order_id scored by deadline (epoch ms)
+-- KEYS[5] lots    hash: lot_code -> JSON {warehouse_id, quantity, allocated, expires_on, origin}
+-- ARGV[1] now (epoch ms)
+-- ARGV[2] offset field `off:<topic>:<partition>`
+-- ARGV[3] offset of the order.paid event
+-- ARGV[4] order_id
+-- ARGV[5] payment_ref
+--
+-- Returns {status, fresh, record_json, {received, available, reserved, sold}}:
+--   committed  the hold became a sale; record.a holds the lot allocations
+--              (fresh 0: committed before, the stored allocations are the answer)
+--   expired    the deadline had passed: the hold is released here and now, even if the
+--              sweeper has not reached it yet, so a late payment never takes a unit back
+--   released, rejected  the order holds nothing; nothing changes
+--   unknown    no such order for this sku
+--
+-- Allocation is first-expired-first-out across every lot of the sku (lots without an
+-- expiry date last, ties by lot_code). It is computed completely before anything is
+-- written: a script that fails halfway keeps its earlier writes in Redis.
+
+local stock, orders, buyers, holds, lots = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now = tonumber(ARGV[1])
+local offset_field = ARGV[2]
+local offset = tonumber(ARGV[3])
+local order_id = ARGV[4]
+
+local function levels()
+  return redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold')
+end
+
+local raw = redis.call('HGET', orders, order_id)
+if not raw then
+  return {'unknown', 0, '', levels()}
+end
+local applied = tonumber(redis.call('HGET', stock, offset_field) or '-1')
+local record = cjson.decode(raw)
+if record.s ~= 'reserved' or offset <= applied then
+  -- Already decided (a replay, or the hold ended before this payment): report it.
+  return {record.s, 0, raw, levels()}
+end
+redis.call('HSET', stock, offset_field, offset)
+
+local quantity = record.q
+if record.x <= now then
+  redis.call('HINCRBY', stock, 'available', quantity)
+  redis.call('HINCRBY', stock, 'reserved', -quantity)
+  if redis.call('HINCRBY', buyers, record.b, -quantity) <= 0 then
+    redis.call('HDEL', buyers, record.b)
+  end
+  redis.call('ZREM', holds, order_id)
+  record.s = 'expired'
+  local encoded = cjson.encode(record)
+  redis.call('HSET', orders, order_id, encoded)
+  return {'expired', 1, encoded, levels()}
+end
+
+local candidates = {}
+local entries = redis.call('HGETALL', lots)
+for i = 1, #entries, 2 do
+  local lot = cjson.decode(entries[i + 1])
+  if lot.quantity - lot.allocated > 0 then
+    lot.code = entries[i]
+    candidates[#candidates + 1] = lot
+  end
+end
+table.sort(candidates, function(a, b)
+  if a.expires_on ~= b.expires_on then
+    if a.expires_on == '' then return false end
+    if b.expires_on == '' then return true end
+    return a.expires_on < b.expires_on
+  end
+  return a.code < b.code
+end)
+
+local need = quantity
+local allocations = {}
+local touched = {}
+for _, lot in ipairs(candidates) do
+  if need == 0 then break end
+  local take = math.min(need, lot.quantity - lot.allocated)
+  need = need - take
+  lot.allocated = lot.allocated + take
+  touched[#touched + 1] = lot
+  allocations[#allocations + 1] = {
+    lot_code = lot.code, warehouse_id = lot.warehouse_id, quantity = take,
+    expires_on = lot.expires_on,
+  }
+end
+if need > 0 then
+  -- Cannot happen while available + reserved + sold == received holds: reserved units
+  -- are always covered by unallocated lot units. Refuse rather than oversell.
+  return redis.error_reply('commit: lots of this sku cannot cover ' .. quantity .. ' units')
+end
+
+for _, lot in ipairs(touched) do
+  local code = lot.code
+  lot.code = nil
+  redis.call('HSET', lots, code, cjson.encode(lot))
+end
+redis.call('HINCRBY', stock, 'reserved', -quantity)
+redis.call('HINCRBY', stock, 'sold', quantity)
+redis.call('ZREM', holds, order_id)
+record.s = 'committed'
+record.a = allocations
+record.pr = ARGV[5]
+record.ca = now
+local encoded = cjson.encode(record)
+redis.call('HSET', orders, order_id, encoded)
+return {'committed', 1, encoded, levels()}

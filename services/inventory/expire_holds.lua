@@ -1,0 +1,49 @@
+-- expire_holds.lua: the sweeper's step for one sku: release holds whose deadline passed.
+--
+-- KEYS[1] stock   hash: received, available, reserved, sold
+-- KEYS[2] orders  hash: order_id -> JSON record
+-- KEYS[3] buyers  hash: buyer_id -> units held (reserved + paid)
+-- KEYS[4] holds   sorted set: order_id scored by deadline (epoch ms)
+-- KEYS[5] outbox  hash: order_id -> JSON record of an expiry not yet published
+-- ARGV[1] now (epoch ms)
+-- ARGV[2] most holds to release in this call (keeps one call short)
+--
+-- Returns {released, holds_left, outbox_len, {received, available, reserved, sold}}.
+--
+-- Several sweepers may run this on the same sku at once: Redis runs scripts one at a
+-- time and a released hold leaves the sorted set in the same step, so each hold is
+-- released exactly once. The outcome goes to the outbox in that step too; the outbox is
+-- removed only after Kafka acknowledged it, so a crash in between loses no expiry.
+
+local stock, orders, buyers, holds, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+
+local released = 0
+local due = redis.call('ZRANGEBYSCORE', holds, '-inf', now, 'LIMIT', 0, limit)
+for _, order_id in ipairs(due) do
+  redis.call('ZREM', holds, order_id)
+  local raw = redis.call('HGET', orders, order_id)
+  if raw then
+    local record = cjson.decode(raw)
+    if record.s == 'reserved' then
+      local quantity = record.q
+      redis.call('HINCRBY', stock, 'available', quantity)
+      redis.call('HINCRBY', stock, 'reserved', -quantity)
+      if redis.call('HINCRBY', buyers, record.b, -quantity) <= 0 then
+        redis.call('HDEL', buyers, record.b)
+      end
+      record.s = 'expired'
+      local encoded = cjson.encode(record)
+      redis.call('HSET', orders, order_id, encoded)
+      redis.call('HSET', outbox, order_id, encoded)
+      released = released + 1
+    end
+  end
+end
+return {
+  released,
+  redis.call('ZCARD', holds),
+  redis.call('HLEN', outbox),
+  redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold'),
+}

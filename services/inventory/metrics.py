@@ -1,0 +1,52 @@
+"""Prometheus metrics of inventory's decisions, on the app's own registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.common.metrics import LATENCY_BUCKETS
+
+
+@dataclass(frozen=True, slots=True)
+class InventoryMetrics:
+    decisions: Counter
+    reserve_batch_size: Histogram
+    decision_latency: Histogram
+    holds_outstanding: Gauge
+    sweeper_releases: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> InventoryMetrics:
+        return cls(
+            decisions=Counter(
+                "lc_inventory_decisions",
+                "Reservation decisions by outcome; replay=true when a stored decision was "
+                "answered again (redelivery), which changes no counter",
+                ["outcome", "replay"],
+                registry=registry,
+            ),
+            reserve_batch_size=Histogram(
+                "lc_inventory_reserve_batch_size",
+                "order.placed events decided per reserve_batch.lua call",
+                buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+                registry=registry,
+            ),
+            decision_latency=Histogram(
+                "lc_inventory_decision_seconds",
+                "From the consumed event's timestamp to its decision in Redis",
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            holds_outstanding=Gauge(
+                "lc_inventory_holds_outstanding",
+                "Reservations held and not yet paid, cancelled or expired (last sweep)",
+                registry=registry,
+            ),
+            sweeper_releases=Counter(
+                "lc_inventory_sweeper_releases",
+                "Overdue holds released by the sweeper",
+                registry=registry,
+            ),
+        )

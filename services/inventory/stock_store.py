@@ -1,0 +1,308 @@
+"""Stock in Redis: every change is one Lua script call, each wrapped in one method here.
+
+Keys (all under `settings.redis_prefix`; every per-sku key carries the hash tag `{<sku>}`,
+so each script touches one Redis Cluster slot):
+
+    inv:{<sku>}:stock    hash received/available/reserved/sold + off:<topic>:<partition>
+    inv:{<sku>}:orders   hash order_id -> record (decision + state), see domain.OrderRecord
+    inv:{<sku>}:buyers   hash buyer_id -> units reserved + paid (the per-user limit)
+    inv:{<sku>}:holds    sorted set order_id -> payment deadline (epoch ms)
+    inv:{<sku>}:lots     hash lot_code -> lot JSON
+    inv:{<sku>}:outbox   hash order_id -> expiry released by the sweeper, not yet published
+    inv:{holds-index}:skus  sorted set of skus that may hold units (where the sweeper looks)
+    inv:{holds-index}:seq   counter for the index stamps
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+from services.common.clock import epoch_ms
+from services.common.redis_scripts import ArgT, LuaScript
+from services.common.settings import Settings
+from services.inventory.domain import (
+    HoldOutcome,
+    HoldStatus,
+    Lot,
+    LotInput,
+    LotUpsertResult,
+    LotUpsertStatus,
+    OrderRecord,
+    PlacedOrder,
+    ReservationDecision,
+    ReserveBatchResult,
+    SkuView,
+    StockLevels,
+    SweepResult,
+    fefo_key,
+)
+
+LEVEL_FIELDS = ("received", "available", "reserved", "sold")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True, slots=True)
+class SkuKeys:
+    prefix: str
+    sku: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}inv:{{{self.sku}}}:"
+
+    @property
+    def stock(self) -> str:
+        return self.base + "stock"
+
+    @property
+    def orders(self) -> str:
+        return self.base + "orders"
+
+    @property
+    def buyers(self) -> str:
+        return self.base + "buyers"
+
+    @property
+    def holds(self) -> str:
+        return self.base + "holds"
+
+    @property
+    def lots(self) -> str:
+        return self.base + "lots"
+
+    @property
+    def outbox(self) -> str:
+        return self.base + "outbox"
+
+
+class StockStore:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self._redis = redis
+        self._prefix = settings.redis_prefix
+        self._ttl_ms = round(settings.reservation_ttl_s * 1000)
+        self._reserve_batch = LuaScript("services.inventory", "reserve_batch.lua")
+        self._commit = LuaScript("services.inventory", "commit.lua")
+        self._release = LuaScript("services.inventory", "release.lua")
+        self._expire_holds = LuaScript("services.inventory", "expire_holds.lua")
+        self._upsert_lot = LuaScript("services.inventory", "upsert_lot.lua")
+        self._track_holds = LuaScript("services.inventory", "track_holds.lua")
+        self._forget_sku = LuaScript("services.inventory", "forget_sku.lua")
+
+    def keys(self, sku: str) -> SkuKeys:
+        return SkuKeys(self._prefix, sku)
+
+    @property
+    def index_key(self) -> str:
+        return f"{self._prefix}inv:{{holds-index}}:skus"
+
+    @property
+    def index_seq_key(self) -> str:
+        return f"{self._prefix}inv:{{holds-index}}:seq"
+
+    # -- decisions (one script call each)
+
+    async def reserve_batch(
+        self,
+        sku: str,
+        orders: Sequence[PlacedOrder],
+        *,
+        topic: str,
+        partition: int,
+        now_ms: int | None = None,
+    ) -> ReserveBatchResult:
+        """Decide consecutive order.placed of one sku, in the given (offset) order."""
+        k = self.keys(sku)
+        args: list[ArgT] = [_now(now_ms), self._ttl_ms, _offset_field(topic, partition)]
+        for order in orders:
+            args += [
+                order.offset,
+                order.order_id,
+                order.buyer_id,
+                order.quantity,
+                order.per_user_limit,
+                order.session_id,
+                order.total_cents,
+            ]
+        levels, rows = await self._reserve_batch(
+            self._redis, [k.stock, k.orders, k.buyers, k.holds], args
+        )
+        offsets = {order.order_id: order.offset for order in orders}
+        decisions: list[ReservationDecision] = []
+        skipped: list[str] = []
+        for raw_id, fresh, raw_record in rows:
+            order_id = _text(raw_id)
+            if not raw_record:
+                skipped.append(order_id)
+                continue
+            decisions.append(
+                ReservationDecision(
+                    record=OrderRecord.from_json(order_id, raw_record),
+                    offset=offsets[order_id],
+                    fresh=bool(fresh),
+                )
+            )
+        return ReserveBatchResult(StockLevels.from_redis(levels), decisions, skipped)
+
+    async def commit(
+        self,
+        sku: str,
+        order_id: str,
+        payment_ref: str,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        now_ms: int | None = None,
+    ) -> HoldOutcome:
+        """order.paid: turn a live hold into a sale and allocate its lots (FEFO)."""
+        k = self.keys(sku)
+        reply = await self._commit(
+            self._redis,
+            [k.stock, k.orders, k.buyers, k.holds, k.lots],
+            [_now(now_ms), _offset_field(topic, partition), offset, order_id, payment_ref],
+        )
+        return _hold_outcome(order_id, reply)
+
+    async def release(
+        self,
+        sku: str,
+        order_id: str,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        now_ms: int | None = None,
+    ) -> HoldOutcome:
+        """order.cancelled: give a live hold's units back."""
+        k = self.keys(sku)
+        reply = await self._release(
+            self._redis,
+            [k.stock, k.orders, k.buyers, k.holds],
+            [_now(now_ms), _offset_field(topic, partition), offset, order_id],
+        )
+        return _hold_outcome(order_id, reply)
+
+    async def expire_holds(
+        self, sku: str, *, now_ms: int | None = None, limit: int = 500
+    ) -> SweepResult:
+        """Release up to `limit` overdue holds of a sku into its outbox."""
+        k = self.keys(sku)
+        released, holds_left, outbox_len, levels = await self._expire_holds(
+            self._redis,
+            [k.stock, k.orders, k.buyers, k.holds, k.outbox],
+            [_now(now_ms), limit],
+        )
+        return SweepResult(
+            released=int(released),
+            holds_left=int(holds_left),
+            outbox_len=int(outbox_len),
+            levels=StockLevels.from_redis(levels),
+        )
+
+    async def upsert_lot(self, sku: str, lot: LotInput) -> LotUpsertResult:
+        """Create a lot or set its received quantity; conflicts change nothing."""
+        k = self.keys(sku)
+        status, payload, levels = await self._upsert_lot(
+            self._redis,
+            [k.stock, k.lots],
+            [
+                lot.lot_code,
+                lot.warehouse_id,
+                lot.quantity,
+                lot.expires_on or "",
+                lot.origin or "",
+            ],
+        )
+        state = cast(LotUpsertStatus, _text(status))
+        stored = Lot.from_json(lot.lot_code, payload) if state != "conflict" else None
+        detail = _text(payload) if state == "conflict" else ""
+        return LotUpsertResult(state, stored, detail, StockLevels.from_redis(levels))
+
+    # -- reads
+
+    async def sku_view(self, sku: str) -> SkuView | None:
+        """Counters and lots of a sku, read in one transaction; None if it has no lots."""
+        k = self.keys(sku)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(k.stock, LEVEL_FIELDS)
+            pipe.hgetall(k.lots)
+            levels, lots = await pipe.execute()
+        if levels[0] is None:
+            return None
+        parsed = [Lot.from_json(_text(code), raw) for code, raw in lots.items()]
+        return SkuView(sku, StockLevels.from_redis(levels), sorted(parsed, key=fefo_key))
+
+    async def stock_levels(self, sku: str) -> StockLevels:
+        return StockLevels.from_redis(await self._redis.hmget(self.keys(sku).stock, LEVEL_FIELDS))
+
+    async def order_record(self, sku: str, order_id: str) -> OrderRecord | None:
+        raw = await self._redis.hget(self.keys(sku).orders, order_id)
+        return OrderRecord.from_json(order_id, raw) if raw is not None else None
+
+    async def buyer_units(self, sku: str) -> dict[str, int]:
+        """Units per buyer (reserved + paid), for the per-user limit."""
+        raw = await self._redis.hgetall(self.keys(sku).buyers)
+        return {_text(buyer): int(units) for buyer, units in raw.items()}
+
+    # -- the sweeper's index and the outbox
+
+    async def track_holds(self, skus: Sequence[str]) -> None:
+        """Tell the sweeper these skus hold units (call after the script that held them)."""
+        if skus:
+            await self._track_holds(self._redis, [self.index_key, self.index_seq_key], list(skus))
+
+    async def skus_with_holds(self) -> list[tuple[str, int]]:
+        """(sku, stamp) of every sku that may hold units or have unpublished expiries."""
+        rows = cast(
+            list[tuple[bytes, float]],
+            await self._redis.zrange(self.index_key, 0, -1, withscores=True),
+        )
+        return [(_text(sku), int(stamp)) for sku, stamp in rows]
+
+    async def forget_sku(self, sku: str, stamp: int) -> bool:
+        """Drop a sku from the index if no hold was added since `stamp` was read."""
+        return bool(await self._forget_sku(self._redis, [self.index_key], [sku, stamp]))
+
+    async def read_outbox(self, sku: str, limit: int = 500) -> list[OrderRecord]:
+        """Up to about `limit` unpublished expiries of a sku (empty: none left)."""
+        records: list[OrderRecord] = []
+        cursor = 0
+        # A scan page may come back empty while entries remain further on: follow the
+        # cursor until `limit` entries are in hand or the scan is complete.
+        while True:
+            page = await self._redis.hscan(self.keys(sku).outbox, cursor, count=limit)
+            cursor, entries = cast(tuple[int, dict[bytes, bytes]], page)
+            records += [OrderRecord.from_json(_text(oid), raw) for oid, raw in entries.items()]
+            if cursor == 0 or len(records) >= limit:
+                return records
+
+    async def remove_from_outbox(self, sku: str, order_ids: Sequence[str]) -> None:
+        """After Kafka acknowledged them: each entry is an immutable expiry, so removing
+        by id never drops one another sweeper added meanwhile."""
+        if order_ids:
+            await self._redis.hdel(self.keys(sku).outbox, *order_ids)
+
+
+def _now(now_ms: int | None) -> int:
+    return epoch_ms() if now_ms is None else now_ms
+
+
+def _offset_field(topic: str, partition: int) -> str:
+    return f"off:{topic}:{partition}"
+
+
+def _hold_outcome(order_id: str, reply: list[Any]) -> HoldOutcome:
+    status, fresh, raw_record, levels = reply
+    return HoldOutcome(
+        status=cast(HoldStatus, _text(status)),
+        fresh=bool(fresh),
+        record=OrderRecord.from_json(order_id, raw_record) if raw_record else None,
+        levels=StockLevels.from_redis(levels),
+    )
