@@ -64,7 +64,8 @@ fmt: $(STAMP) ## format and fix what ruff can
 
 check: lint typecheck test ## lint, typecheck and the whole suite
 
-bench: up ## the reservation benchmark against the running stack (figures, not a pass/fail)
+bench: up ## benchmarks against the running stack: Lua batch sizes, HTTP bursts (figures only)
+	@$(PY) -m bench.reserve_batch_sizes --env-file .run/stack.env
 	@$(PY) -m bench.reserve_burst --env-file .run/stack.env
 
 token: $(STAMP) ## mint a token: make token ROLE=host SUB=host-1 [WAREHOUSE=wh-1]
