@@ -237,7 +237,10 @@ def start_kafka(
     base = [java, f"-Dlog4j2.configurationFile={HERE / 'log4j2.yaml'}", "-cp", classpath]
     if not (data_dir / "meta.properties").exists():
         # A cluster id is a base64url UUID without padding, as `kafka-storage random-uuid`.
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # One starting with "-" would be read as an option by the storage tool.
+        cluster_id = "-"
+        while cluster_id.startswith("-"):
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
             [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
             check=True,

@@ -1,13 +1,117 @@
-"""The live_orders app: the platform app plus this service's routes and consumers."""
+"""The live_orders app: the platform app plus this service's routes and consumers.
+
+`create_app` builds the routes; `live_orders_context` (a cleanup context, after the
+platform's Redis client and Kafka producer exist) wires the stores and use cases and runs
+the three background parts of a process, stopped in reverse on shutdown:
+- the pub/sub listener (waiters and the sold-out set of this process),
+- the sold-out refresh (safety net for missed broadcasts),
+- the inventory consumer (applies outcome events; one group across all processes).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
+from services.common.kafka_consumer import ConsumerRunner
 from services.common.settings import Settings
-from services.common.web_app import create_base_app
+from services.common.web_app import (
+    METRICS,
+    PUBLISHER,
+    READINESS,
+    REDIS,
+    SETTINGS,
+    TOPICS,
+    create_base_app,
+)
+from services.live_orders.broadcast import BroadcastListener
+from services.live_orders.http_api import USE_CASES, UseCases, setup_routes
+from services.live_orders.metrics import LiveOrdersMetrics
+from services.live_orders.order_store import OrderStore
+from services.live_orders.order_waiters import OrderWaiters
+from services.live_orders.orders import OrderLimits, OrderService
+from services.live_orders.outcomes import InventoryOutcomes
+from services.live_orders.redis_keys import RedisKeys
+from services.live_orders.session_store import SessionStore
+from services.live_orders.sessions import SessionService
+from services.live_orders.sold_out import SoldOutSkus
+
+LIVE_ORDERS_METRICS = web.AppKey("live_orders_metrics", LiveOrdersMetrics)
+OUTCOME_CONSUMER = web.AppKey("live_orders_outcome_consumer", ConsumerRunner)
+BROADCAST = web.AppKey("live_orders_broadcast", BroadcastListener)
 
 
 def create_app(settings: Settings) -> web.Application:
     app = create_base_app(settings)
+    app[LIVE_ORDERS_METRICS] = LiveOrdersMetrics.create(app[METRICS].registry)
+    setup_routes(app)
+    app.cleanup_ctx.append(live_orders_context)
     return app
+
+
+async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    topics = app[TOPICS]
+    redis = app[REDIS]
+    publisher = app[PUBLISHER]
+    metrics = app[LIVE_ORDERS_METRICS]
+    keys = RedisKeys(settings.redis_prefix)
+
+    order_store = OrderStore(redis, keys)
+    session_store = SessionStore(redis, keys)
+    sold_out = SoldOutSkus(redis, keys)
+    waiters = OrderWaiters(order_store.get, metrics)
+    app[USE_CASES] = UseCases(
+        sessions=SessionService(session_store, publisher, topics.sessions, settings.instance_id),
+        orders=OrderService(
+            orders=order_store,
+            sessions=session_store,
+            sold_out=sold_out,
+            waiters=waiters,
+            publisher=publisher,
+            orders_topic=topics.orders,
+            source=settings.instance_id,
+            limits=OrderLimits(settings.rate_limit_burst, settings.rate_limit_per_s),
+            metrics=metrics,
+        ),
+    )
+
+    # Listen before consuming: an outcome applied by this process's own consumer is then
+    # always heard by its own waiters.
+    listener = BroadcastListener(redis, keys, waiters, sold_out, metrics)
+    await listener.start()
+    app[BROADCAST] = listener
+    await sold_out.refresh()
+    refresher = asyncio.create_task(sold_out.refresh_forever(), name="live_orders:sold-out")
+
+    consumer = ConsumerRunner(
+        settings=settings,
+        group=f"{settings.topic_prefix}live_orders",
+        topics=[topics.inventory],
+        handler=InventoryOutcomes(order_store, sold_out, metrics).handle,
+        publisher=publisher,
+        metrics=app[METRICS],
+        dlq_topic=topics.dlq,
+    )
+    await consumer.start()
+    app[OUTCOME_CONSUMER] = consumer
+
+    async def consumer_healthy() -> bool:
+        return consumer.healthy
+
+    async def listener_alive() -> bool:
+        return listener.alive
+
+    app[READINESS].add("consumer", consumer_healthy)
+    app[READINESS].add("broadcast", listener_alive)
+    try:
+        yield
+    finally:
+        await consumer.stop()
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await listener.stop()

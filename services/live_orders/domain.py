@@ -1,0 +1,343 @@
+"""Sessions, listings and orders as plain values, and the rules about them. No I/O here.
+
+The order state machine (DESIGN 4.3): `pending -> reserved | rejected`;
+`reserved -> paid | cancelled | expired`. live_orders never decides a reservation itself:
+states move only when an inventory outcome event arrives (`OUTCOME_TRANSITIONS`), except
+for the attempts it refuses before asking inventory (`not_on_sale`, the sold-out fast path),
+which are born `rejected`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from services.common.clock import from_rfc3339, to_rfc3339
+from services.common.event_types import Listing as ListingData
+from services.common.event_types import RejectReason, SessionUpdated
+
+SessionStatus = Literal["scheduled", "live", "ended"]
+OrderStatus = Literal["pending", "reserved", "rejected", "paid", "cancelled", "expired"]
+Intent = Literal["pay", "cancel"]
+
+FINAL_STATUSES: frozenset[str] = frozenset({"rejected", "paid", "cancelled", "expired"})
+REJECT_REASONS: frozenset[str] = frozenset({"sold_out", "limit_exceeded", "not_on_sale"})
+
+# `?wait=S` is bounded so a request never holds a connection for long.
+MAX_WAIT_S = 10.0
+
+# Ids that appear in paths and Redis keys: what we generate (uuid4 hex) and nothing exotic,
+# so a crafted id can never reach into another key's hash tag.
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+# Idempotency keys are chosen by clients: printable ASCII, bounded.
+_IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+class InvalidInput(ValueError):
+    """A request that is well-formed JSON but breaks a rule (answered 422)."""
+
+
+class NotFound(LookupError):
+    """No such session or order, or one the caller may not see (answered 404)."""
+
+
+class Conflict(Exception):
+    """The request does not fit the resource's current state (answered 409)."""
+
+
+class RateLimited(Exception):
+    """The buyer's token bucket is empty (answered 429 with Retry-After)."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"retry after {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+def is_valid_id(value: str) -> bool:
+    return bool(_ID_PATTERN.match(value))
+
+
+def is_valid_idempotency_key(value: str) -> bool:
+    return bool(_IDEMPOTENCY_KEY_PATTERN.match(value))
+
+
+def parse_wait(raw: str | None, default: float) -> float:
+    """Seconds to long-poll: `default` when absent, capped at MAX_WAIT_S; ValueError when it
+    is not a finite number >= 0."""
+    if raw is None or raw == "":
+        return min(default, MAX_WAIT_S)
+    value = float(raw)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("wait must be a number of seconds >= 0")
+    return min(value, MAX_WAIT_S)
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    sku: str
+    title: str
+    price_cents: int
+    per_user_limit: int
+    sale_starts_at: str | None
+    sale_ends_at: str | None
+    # Insertion time, only to keep listings in the order the host added them.
+    added_ms: int = 0
+
+    def on_sale(self, session_status: str, now: datetime) -> bool:
+        """Buyable now: the session is live and `now` is inside the listing's sale window."""
+        if session_status != "live":
+            return False
+        if self.sale_starts_at is not None and now < from_rfc3339(self.sale_starts_at):
+            return False
+        return not (self.sale_ends_at is not None and now >= from_rfc3339(self.sale_ends_at))
+
+    def to_public(self) -> ListingData:
+        return {
+            "sku": self.sku,
+            "title": self.title,
+            "price_cents": self.price_cents,
+            "per_user_limit": self.per_user_limit,
+            "sale_starts_at": self.sale_starts_at,
+            "sale_ends_at": self.sale_ends_at,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        return {**self.to_public(), "added_ms": self.added_ms}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Listing:
+        return cls(
+            sku=record["sku"],
+            title=record["title"],
+            price_cents=int(record["price_cents"]),
+            per_user_limit=int(record["per_user_limit"]),
+            sale_starts_at=record.get("sale_starts_at"),
+            sale_ends_at=record.get("sale_ends_at"),
+            added_ms=int(record.get("added_ms", 0)),
+        )
+
+
+def new_listing(body: dict[str, Any], added_ms: int) -> Listing:
+    """A listing from a schema-valid `listing-create` body; InvalidInput for bad times."""
+    starts = _normalize_time(body.get("sale_starts_at"), "sale_starts_at")
+    ends = _normalize_time(body.get("sale_ends_at"), "sale_ends_at")
+    if starts is not None and ends is not None and from_rfc3339(ends) <= from_rfc3339(starts):
+        raise InvalidInput("sale_ends_at must be after sale_starts_at")
+    return Listing(
+        sku=body["sku"],
+        title=body["title"],
+        price_cents=body["price_cents"],
+        per_user_limit=body["per_user_limit"],
+        sale_starts_at=starts,
+        sale_ends_at=ends,
+        added_ms=added_ms,
+    )
+
+
+def _normalize_time(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return to_rfc3339(from_rfc3339(value))
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: not an RFC 3339 time with offset: {value!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    session_id: str
+    host_id: str
+    title: str
+    status: SessionStatus
+    created_at: str
+    started_at: str | None
+    ended_at: str | None
+    listings: tuple[Listing, ...]
+    version: int
+
+    def listing(self, sku: str) -> Listing | None:
+        return next((item for item in self.listings if item.sku == sku), None)
+
+    def to_public(self) -> SessionUpdated:
+        """The session as answered over HTTP and as published in `session.updated`."""
+        return {
+            "session_id": self.session_id,
+            "host_id": self.host_id,
+            "title": self.title,
+            "status": self.status,
+            "listings": [item.to_public() for item in self.listings],
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+        }
+
+
+# The session moves: action -> (status it must be in, status it goes to, time field).
+SESSION_MOVES: dict[str, tuple[SessionStatus, SessionStatus, str]] = {
+    "start": ("scheduled", "live", "started_at"),
+    "end": ("live", "ended", "ended_at"),
+}
+
+
+# ------------------------------------------------------------------------------ orders
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    order_id: str
+    status: OrderStatus
+    session_id: str
+    sku: str
+    buyer_id: str
+    quantity: int
+    unit_price_cents: int
+    total_cents: int
+    per_user_limit: int
+    placed_at: str
+    placed_ms: int
+    updated_at: str
+    expires_at: str | None = None
+    reason: str | None = None
+    payment_ref: str | None = None
+    intent: Intent | None = None
+    published: bool = False
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def to_public(self) -> dict[str, Any]:
+        """The order as the buyer sees it; the fields of the contract plus a few extras."""
+        view: dict[str, Any] = {
+            "order_id": self.order_id,
+            "status": self.status,
+            "session_id": self.session_id,
+            "sku": self.sku,
+            "quantity": self.quantity,
+            "unit_price_cents": self.unit_price_cents,
+            "total_cents": self.total_cents,
+            "expires_at": self.expires_at,
+            "placed_at": self.placed_at,
+            "updated_at": self.updated_at,
+        }
+        if self.reason is not None:
+            view["reason"] = self.reason
+        if self.payment_ref is not None:
+            view["payment_ref"] = self.payment_ref
+        return view
+
+    def to_record(self) -> dict[str, str]:
+        """The fields stored when the order is created (Redis hash, strings only)."""
+        record = {
+            "order_id": self.order_id,
+            "status": self.status,
+            "session_id": self.session_id,
+            "sku": self.sku,
+            "buyer_id": self.buyer_id,
+            "quantity": str(self.quantity),
+            "unit_price_cents": str(self.unit_price_cents),
+            "total_cents": str(self.total_cents),
+            "per_user_limit": str(self.per_user_limit),
+            "placed_at": self.placed_at,
+            "placed_ms": str(self.placed_ms),
+            "updated_at": self.updated_at,
+        }
+        if self.reason is not None:
+            record["reason"] = self.reason
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, str]) -> Order:
+        def optional(name: str) -> str | None:
+            value = record.get(name)
+            return value if value else None
+
+        intent = optional("intent")
+        return cls(
+            order_id=record["order_id"],
+            status=cast(OrderStatus, record["status"]),
+            session_id=record["session_id"],
+            sku=record["sku"],
+            buyer_id=record["buyer_id"],
+            quantity=int(record["quantity"]),
+            unit_price_cents=int(record["unit_price_cents"]),
+            total_cents=int(record["total_cents"]),
+            per_user_limit=int(record["per_user_limit"]),
+            placed_at=record["placed_at"],
+            placed_ms=int(record.get("placed_ms") or 0),
+            updated_at=record.get("updated_at") or record["placed_at"],
+            expires_at=optional("expires_at"),
+            reason=optional("reason"),
+            payment_ref=optional("payment_ref"),
+            intent=cast(Intent, intent) if intent in ("pay", "cancel") else None,
+            published=record.get("published") == "1",
+        )
+
+
+def request_fingerprint(session_id: str, sku: str, quantity: int) -> str:
+    """What makes two order requests "the same body" for an idempotency key."""
+    return hashlib.sha256(f"{session_id}\n{sku}\n{quantity}".encode()).hexdigest()[:32]
+
+
+def check_quantity(listing: Listing, quantity: int) -> None:
+    if quantity > listing.per_user_limit:
+        raise InvalidInput(
+            f"quantity {quantity} is above this listing's per_user_limit {listing.per_user_limit}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What an inventory outcome does to an order: from which states, into which."""
+
+    target: OrderStatus
+    allowed_from: tuple[OrderStatus, ...]
+
+
+OUTCOME_TRANSITIONS: dict[str, Transition] = {
+    "reservation.confirmed": Transition("reserved", ("pending",)),
+    "reservation.rejected": Transition("rejected", ("pending",)),
+    "reservation.committed": Transition("paid", ("reserved",)),
+    "reservation.released": Transition("cancelled", ("reserved",)),
+    "reservation.expired": Transition("expired", ("reserved",)),
+}
+
+
+def transition_fields(event_type: str, data: dict[str, Any]) -> dict[str, str]:
+    """Fields an outcome records on the order besides its status."""
+    if event_type == "reservation.confirmed":
+        return {"expires_at": str(data["expires_at"])}
+    if event_type == "reservation.rejected":
+        return {"reason": str(data["reason"])}
+    if event_type == "reservation.committed":
+        return {"payment_ref": str(data["payment_ref"])}
+    return {}
+
+
+def placement_status_code(order: Order) -> int:
+    """HTTP status of an answer to `POST .../orders` that reports `order`."""
+    if order.status == "reserved":
+        return 201
+    if order.status == "pending":
+        return 202
+    if order.status == "rejected":
+        return 409
+    # A replayed key whose order has moved on (paid, cancelled, expired): here it is.
+    return 200
+
+
+# Pay and cancel: which statuses let the intent be recorded.
+PAYABLE_FROM: tuple[OrderStatus, ...] = ("reserved",)
+CANCELLABLE_FROM: tuple[OrderStatus, ...] = ("pending", "reserved")
+
+
+def reject_reason(value: str) -> RejectReason:
+    if value not in REJECT_REASONS:
+        raise ValueError(f"unknown reject reason {value!r}")
+    return cast(RejectReason, value)

@@ -1,0 +1,233 @@
+"""HTTP routes of live_orders (DESIGN 4.3). Handlers only translate: authenticate, parse,
+call a use case, turn its result (or domain error) into an answer.
+
+Choices the contract leaves open:
+- an order for a SKU not listed in the session is 422 (the session exists; the body names
+  something it does not sell); an unknown session is 404;
+- `?wait` above 10 s is capped at 10; a `wait` that is not a number >= 0 is 400;
+- payment and cancel wait up to `?wait` (default 10 s) for inventory's outcome and answer
+  202 with the order if none came by then;
+- a host may omit `host_id` when creating a session (it is their own `sub`); an admin must
+  give it; a host naming another host is 403.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from services.common.problems import (
+    ProblemError,
+    bad_request,
+    conflict,
+    json_response,
+    not_found,
+    unprocessable,
+)
+from services.common.web_app import SETTINGS, Handler, principal, read_json_body
+from services.live_orders.domain import (
+    MAX_WAIT_S,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    is_valid_id,
+    is_valid_idempotency_key,
+    parse_wait,
+    placement_status_code,
+)
+from services.live_orders.orders import Answer, OrderService
+from services.live_orders.sessions import SessionService
+
+
+@dataclass(frozen=True, slots=True)
+class UseCases:
+    sessions: SessionService
+    orders: OrderService
+
+
+log = logging.getLogger(__name__)
+
+USE_CASES = web.AppKey("live_orders_use_cases", UseCases)
+
+VERDICT_STATUS = {"done": 200, "refused": 409, "accepted": 202}
+
+
+@web.middleware
+async def domain_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Domain exceptions -> problem+json (rendered by the platform's problem middleware)."""
+    try:
+        return await handler(request)
+    except NotFound as exc:
+        raise not_found(str(exc)) from exc
+    except InvalidInput as exc:
+        raise unprocessable(str(exc)) from exc
+    except Conflict as exc:
+        raise conflict(str(exc)) from exc
+    except (KafkaError, RedisError) as exc:
+        # Nothing half-done is lost: an order stored but not published is published by the
+        # retry of the same Idempotency-Key; a recorded pay/cancel intent is re-sent by
+        # the retry of the same call.
+        log.warning("backend unavailable", extra={"path": request.path, "error": repr(exc)})
+        raise ProblemError(
+            503,
+            "Service Unavailable",
+            "a backend is unavailable; retry with the same Idempotency-Key",
+            headers={"Retry-After": "1"},
+        ) from exc
+    except RateLimited as exc:
+        raise ProblemError(
+            429,
+            "Too Many Requests",
+            f"too many order attempts; retry in {exc.retry_after_s} s",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        ) from exc
+
+
+def setup_routes(app: web.Application) -> None:
+    app.middlewares.append(domain_errors)
+    app.router.add_post("/v1/sessions", create_session)
+    app.router.add_get("/v1/sessions/{session_id}", get_session)
+    app.router.add_post("/v1/sessions/{session_id}/start", start_session)
+    app.router.add_post("/v1/sessions/{session_id}/end", end_session)
+    app.router.add_post("/v1/sessions/{session_id}/listings", add_listing)
+    app.router.add_post("/v1/sessions/{session_id}/orders", place_order)
+    app.router.add_get("/v1/orders/{order_id}", get_order)
+    app.router.add_post("/v1/orders/{order_id}/payment", pay_order)
+    app.router.add_post("/v1/orders/{order_id}/cancel", cancel_order)
+
+
+def _use_cases(request: web.Request) -> UseCases:
+    return request.app[USE_CASES]
+
+
+def _path_id(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not is_valid_id(value):
+        raise not_found(f"no such {name.removesuffix('_id')}")
+    return value
+
+
+def _wait(request: web.Request, default: float) -> float:
+    try:
+        return parse_wait(request.query.get("wait"), default)
+    except ValueError as exc:
+        raise bad_request(f"wait must be a number of seconds between 0 and {MAX_WAIT_S:g}") from exc
+
+
+async def _body(request: web.Request, schema: str, *integers: str) -> dict[str, Any]:
+    """The schema-valid body, with integer fields really integers: JSON Schema counts
+    `1.0` as an integer, but money and quantities are whole numbers on the wire too."""
+    body = await read_json_body(request, schema)
+    for name in integers:
+        if name in body and type(body[name]) is not int:
+            raise unprocessable(f"{name}: {body[name]!r} is not an integer")
+    return body
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+async def create_session(request: web.Request) -> web.Response:
+    who = principal(request, "host", "admin")
+    body = await _body(request, "session-create")
+    host_id = body.get("host_id")
+    if who.is_admin:
+        if host_id is None:
+            raise unprocessable("host_id is required when an admin creates a session")
+    elif host_id is not None and host_id != who.sub:
+        raise ProblemError(403, "Forbidden", "a host creates sessions only for themselves")
+    else:
+        host_id = who.sub
+    session = await _use_cases(request).sessions.create(host_id, body["title"])
+    return json_response(session.to_public(), status=201)
+
+
+async def get_session(request: web.Request) -> web.Response:
+    principal(request)
+    session = await _use_cases(request).sessions.get(_path_id(request, "session_id"))
+    return json_response(session.to_public())
+
+
+async def start_session(request: web.Request) -> web.Response:
+    return await _move_session(request, "start")
+
+
+async def end_session(request: web.Request) -> web.Response:
+    return await _move_session(request, "end")
+
+
+async def _move_session(request: web.Request, action: str) -> web.Response:
+    who = principal(request, "host", "admin")
+    session_id = _path_id(request, "session_id")
+    session = await _use_cases(request).sessions.move(session_id, action, who)
+    return json_response(session.to_public())
+
+
+async def add_listing(request: web.Request) -> web.Response:
+    who = principal(request, "host", "admin")
+    session_id = _path_id(request, "session_id")
+    sessions = _use_cases(request).sessions
+    # Ownership before the body: another host learns nothing, not even what is invalid.
+    await sessions.get_managed(session_id, who)
+    body = await _body(request, "listing-create", "price_cents", "per_user_limit")
+    listing = await sessions.add_listing(session_id, body, who)
+    return json_response(listing.to_public(), status=201)
+
+
+# ------------------------------------------------------------------------------ orders
+
+
+async def place_order(request: web.Request) -> web.Response:
+    who = principal(request, "buyer")
+    session_id = _path_id(request, "session_id")
+    key = request.headers.get("Idempotency-Key")
+    if key is None or not key.strip():
+        raise bad_request("the Idempotency-Key header is required")
+    if not is_valid_idempotency_key(key):
+        raise bad_request("Idempotency-Key must be 1-255 printable ASCII characters")
+    wait_s = _wait(request, request.app[SETTINGS].order_wait_default_s)
+    body = await _body(request, "order-place", "quantity")
+    order = await _use_cases(request).orders.place(
+        buyer_id=who.sub,
+        session_id=session_id,
+        idempotency_key=key,
+        sku=body["sku"],
+        quantity=body["quantity"],
+        wait_s=wait_s,
+    )
+    return json_response(order.to_public(), status=placement_status_code(order))
+
+
+async def get_order(request: web.Request) -> web.Response:
+    who = principal(request, "buyer", "admin")
+    order_id = _path_id(request, "order_id")
+    order = await _use_cases(request).orders.get(order_id, who, _wait(request, 0.0))
+    return json_response(order.to_public())
+
+
+async def pay_order(request: web.Request) -> web.Response:
+    principal(request, "payments", "admin")
+    order_id = _path_id(request, "order_id")
+    wait_s = _wait(request, MAX_WAIT_S)
+    body = await _body(request, "payment", "amount_cents")
+    answer = await _use_cases(request).orders.pay(
+        order_id, payment_ref=body["payment_ref"], amount_cents=body["amount_cents"], wait_s=wait_s
+    )
+    return _answer(answer)
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    who = principal(request, "buyer", "admin")
+    order_id = _path_id(request, "order_id")
+    answer = await _use_cases(request).orders.cancel(order_id, who, _wait(request, MAX_WAIT_S))
+    return _answer(answer)
+
+
+def _answer(answer: Answer) -> web.Response:
+    return json_response(answer.order.to_public(), status=VERDICT_STATUS[answer.verdict])

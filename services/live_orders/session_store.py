@@ -1,0 +1,107 @@
+"""Sessions and their listings in Redis.
+
+A session is a hash (`...:session`) with a `version` bumped by every change, its listings a
+hash sku -> JSON (`...:listings`); both under the `{s:<session_id>}` hash tag, so a change
+is one Lua call and a read is one pipelined round trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from services.common.redis_scripts import LuaScript
+from services.live_orders.domain import Listing, Session, SessionStatus
+from services.live_orders.redis_keys import RedisKeys
+
+LUA = "services.live_orders.lua"
+
+MoveOutcome = Literal["applied", "same", "conflict", "missing"]
+AddListingOutcome = Literal["added", "duplicate", "ended", "missing"]
+
+
+@dataclass(frozen=True, slots=True)
+class MoveResult:
+    outcome: MoveOutcome
+    previous: str
+
+
+class SessionStore:
+    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._move = LuaScript(LUA, "session_status.lua")
+        self._add_listing = LuaScript(LUA, "add_listing.lua")
+
+    async def create(self, session: Session) -> None:
+        # A fresh uuid: nobody else can write this key, so a plain HSET is enough.
+        await self._redis.hset(
+            self._keys.session(session.session_id),
+            mapping={
+                "session_id": session.session_id,
+                "host_id": session.host_id,
+                "title": session.title,
+                "status": session.status,
+                "created_at": session.created_at,
+                "started_at": session.started_at or "",
+                "ended_at": session.ended_at or "",
+                "version": session.version,
+            },
+        )
+
+    async def get(self, session_id: str) -> Session | None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.session(session_id))
+            pipe.hgetall(self._keys.listings(session_id))
+            raw_session, raw_listings = await pipe.execute()
+        if not raw_session:
+            return None
+        fields = {k.decode(): v.decode() for k, v in raw_session.items()}
+        listings = sorted(
+            (Listing.from_record(orjson.loads(value)) for value in raw_listings.values()),
+            key=lambda item: (item.added_ms, item.sku),
+        )
+        return Session(
+            session_id=fields["session_id"],
+            host_id=fields["host_id"],
+            title=fields["title"],
+            status=cast(SessionStatus, fields["status"]),
+            created_at=fields["created_at"],
+            started_at=fields.get("started_at") or None,
+            ended_at=fields.get("ended_at") or None,
+            listings=tuple(listings),
+            version=int(fields.get("version", "0")),
+        )
+
+    async def order_context(self, session_id: str, sku: str) -> tuple[str | None, Listing | None]:
+        """The session's status and one listing, in one round trip: what placing an order
+        needs, without reading every listing of a busy session."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self._keys.session(session_id), "status")
+            pipe.hget(self._keys.listings(session_id), sku)
+            status, raw_listing = await pipe.execute()
+        listing = Listing.from_record(orjson.loads(raw_listing)) if raw_listing else None
+        return (status.decode() if status else None), listing
+
+    async def version(self, session_id: str) -> int:
+        raw = await self._redis.hget(self._keys.session(session_id), "version")
+        return int(raw) if raw else 0
+
+    async def move(
+        self, session_id: str, *, target: str, required: str, time_field: str, now: str
+    ) -> MoveResult:
+        outcome, previous = await self._move(
+            self._redis, [self._keys.session(session_id)], [target, required, time_field, now]
+        )
+        return MoveResult(cast(MoveOutcome, outcome.decode()), previous.decode())
+
+    async def add_listing(self, session_id: str, listing: Listing) -> AddListingOutcome:
+        outcome = await self._add_listing(
+            self._redis,
+            [self._keys.session(session_id), self._keys.listings(session_id)],
+            [listing.sku, orjson.dumps(listing.to_record())],
+        )
+        return cast(AddListingOutcome, outcome.decode())

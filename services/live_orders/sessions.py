@@ -1,0 +1,108 @@
+"""Session use cases: create, start, end, add listings; every change published whole as
+`session.updated` (topic `sessions`, compacted, key session_id)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from services.common.auth import Principal
+from services.common.clock import epoch_ms, now_rfc3339
+from services.common.events import Envelope
+from services.common.kafka_producer import EventPublisher
+from services.live_orders.domain import (
+    SESSION_MOVES,
+    Conflict,
+    Listing,
+    NotFound,
+    Session,
+    new_listing,
+)
+from services.live_orders.session_store import SessionStore
+
+# How often a publisher re-sends when it finds the session changed under it (see _publish).
+MAX_REPUBLISH = 5
+
+
+class SessionService:
+    def __init__(
+        self, store: SessionStore, publisher: EventPublisher, topic: str, source: str
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._topic = topic
+        self._source = source
+
+    async def create(self, host_id: str, title: str) -> Session:
+        session = Session(
+            session_id=uuid.uuid4().hex,
+            host_id=host_id,
+            title=title,
+            status="scheduled",
+            created_at=now_rfc3339(),
+            started_at=None,
+            ended_at=None,
+            listings=(),
+            version=1,
+        )
+        await self._store.create(session)
+        return await self._publish(session.session_id)
+
+    async def get(self, session_id: str) -> Session:
+        session = await self._store.get(session_id)
+        if session is None:
+            raise NotFound("no such session")
+        return session
+
+    async def get_managed(self, session_id: str, who: Principal) -> Session:
+        """The session, if `who` may manage it: its host or an admin. Anyone else is told
+        it does not exist."""
+        session = await self.get(session_id)
+        if not who.is_admin and session.host_id != who.sub:
+            raise NotFound("no such session")
+        return session
+
+    async def move(self, session_id: str, action: str, who: Principal) -> Session:
+        await self.get_managed(session_id, who)
+        required, target, time_field = SESSION_MOVES[action]
+        result = await self._store.move(
+            session_id, target=target, required=required, time_field=time_field, now=now_rfc3339()
+        )
+        if result.outcome == "missing":
+            raise NotFound("no such session")
+        if result.outcome == "conflict":
+            raise Conflict(f"cannot {action} a session that is {result.previous}")
+        if result.outcome == "same":
+            # Repeating start/end is harmless: answer the session as it is.
+            return await self.get(session_id)
+        return await self._publish(session_id)
+
+    async def add_listing(self, session_id: str, body: dict[str, Any], who: Principal) -> Listing:
+        await self.get_managed(session_id, who)
+        listing = new_listing(body, added_ms=epoch_ms())
+        outcome = await self._store.add_listing(session_id, listing)
+        if outcome == "missing":
+            raise NotFound("no such session")
+        if outcome == "ended":
+            raise Conflict("the session has ended; no listings can be added")
+        if outcome == "duplicate":
+            raise Conflict(f"sku {listing.sku!r} is already listed in this session")
+        await self._publish(session_id)
+        return listing
+
+    async def _publish(self, session_id: str) -> Session:
+        """Publish the session as it is now. Two changes published concurrently may reach
+        Kafka in either order, and the compacted topic keeps the last one: so after
+        publishing, look again, and publish the newer version if one appeared meanwhile.
+        Whoever publishes last has then published the latest state."""
+        session = await self.get(session_id)
+        for _ in range(MAX_REPUBLISH):
+            await self._publisher.publish(
+                self._topic,
+                session_id,
+                Envelope.create("session.updated", session.to_public(), source=self._source),
+            )
+            if await self._store.version(session_id) == session.version:
+                break
+            session = await self.get(session_id)
+        return session

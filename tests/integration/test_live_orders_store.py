@@ -1,0 +1,166 @@
+"""live_orders' Lua scripts against a real Redis: the order state machine, the idempotency
+claim and token bucket, the publish lease, pay/cancel intents, sold-out offsets."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from services.common.redis_scripts import create_redis
+from services.live_orders.domain import OUTCOME_TRANSITIONS, Order
+from services.live_orders.order_store import PUBLISH_LEASE_MS, OrderStore
+from services.live_orders.redis_keys import RedisKeys
+from services.live_orders.sold_out import SoldOutSkus
+from tests.conftest import Backends, new_prefix
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+STATUSES = ("pending", "reserved", "rejected", "paid", "cancelled", "expired")
+
+
+@pytest.fixture
+async def redis(backends: Backends) -> AsyncIterator[Any]:
+    client = create_redis(backends.redis_url)
+    yield client
+    await client.aclose()
+
+
+def an_order(order_id: str, status: str = "pending") -> Order:
+    return Order(
+        order_id=order_id,
+        status=status,  # type: ignore[arg-type]
+        session_id="s1",
+        sku="crab",
+        buyer_id="b1",
+        quantity=1,
+        unit_price_cents=100,
+        total_cents=100,
+        per_user_limit=2,
+        placed_at="2030-01-01T00:00:00.000Z",
+        placed_ms=1,
+        updated_at="2030-01-01T00:00:00.000Z",
+    )
+
+
+async def test_transitions_follow_the_state_machine_and_announce_only_changes(redis: Any) -> None:
+    keys = RedisKeys(new_prefix())
+    store = OrderStore(redis, keys)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(keys.order_updates_channel)
+    expected_announcements: list[str] = []
+    try:
+        for status in STATUSES:
+            for event_type, rule in OUTCOME_TRANSITIONS.items():
+                order_id = f"{status}-{event_type}"
+                await store.create(an_order(order_id, status), now_ms=0)
+                kwargs = {
+                    "order_id": order_id,
+                    "target": rule.target,
+                    "allowed_from": rule.allowed_from,
+                    "now": "2030-01-01T00:00:01.000Z",
+                    "fields": {},
+                }
+                first = await store.transition(**kwargs)
+                again = await store.transition(**kwargs)
+                stored = await store.get(order_id)
+                assert stored is not None
+                if status in rule.allowed_from:
+                    assert first.outcome == "applied" and stored.status == rule.target
+                    assert again.outcome == "same"
+                    expected_announcements.append(order_id)
+                else:
+                    assert first.outcome in ("stale", "same") and stored.status == status
+        missing = await store.transition(
+            order_id="nope", target="reserved", allowed_from=("pending",), now="x", fields={}
+        )
+        assert missing.outcome == "missing"
+
+        heard: list[str] = []
+
+        async def all_heard() -> bool:
+            message = await pubsub.get_message(timeout=0.1)
+            if message is not None:
+                heard.append(message["data"].decode())
+            return heard == expected_announcements
+
+        await eventually(all_heard, timeout=5, what="one announcement per applied transition")
+    finally:
+        await pubsub.aclose()
+
+
+async def test_claim_replays_mismatches_and_rate_limits(redis: Any) -> None:
+    store = OrderStore(redis, RedisKeys(new_prefix()))
+
+    async def claim(key: str, fingerprint: str = "f", order_id: str = "o") -> Any:
+        return await store.claim(
+            buyer_id="b1",
+            idempotency_key=key,
+            fingerprint=fingerprint,
+            order_id=f"{order_id}-{key}",
+            burst=3,
+            per_s=0.5,
+        )
+
+    first = await claim("k1")
+    assert first.outcome == "claimed" and first.order_id == "o-k1"
+    # Replays cost no token: many of them, then still two fresh claims fit in the burst.
+    replays = await asyncio.gather(*(claim("k1", order_id="other") for _ in range(20)))
+    assert {(r.outcome, r.order_id) for r in replays} == {("replay", "o-k1")}
+    mismatch = await claim("k1", fingerprint="g")
+    assert mismatch.outcome == "mismatch" and mismatch.order_id == "o-k1"
+    assert (await claim("k2")).outcome == "claimed"
+    assert (await claim("k3")).outcome == "claimed"
+    limited = await claim("k4")
+    assert limited.outcome == "limited" and 1000 <= limited.retry_after_ms <= 2000
+    # A refused attempt claimed nothing: the same key is not a replay later.
+    assert (await claim("k4")).outcome == "limited"
+
+
+async def test_create_once_and_the_publish_lease(redis: Any) -> None:
+    store = OrderStore(redis, RedisKeys(new_prefix()))
+    first = await store.create(an_order("o1"), now_ms=1_000)
+    assert first.created and first.publish and first.order.status == "pending"
+    rival = await store.create(an_order("o1", status="rejected"), now_ms=1_001)
+    assert not rival.created and not rival.publish and rival.order.status == "pending"
+    # The creator died without publishing: once the lease ran out, a retry takes it.
+    retry = await store.create(an_order("o1"), now_ms=1_000 + PUBLISH_LEASE_MS)
+    assert not retry.created and retry.publish
+    await store.mark_published("o1")
+    later = await store.create(an_order("o1"), now_ms=10**12)
+    assert not later.publish and later.order.published
+
+
+async def test_one_intent_per_order(redis: Any) -> None:
+    store = OrderStore(redis, RedisKeys(new_prefix()))
+    await store.create(an_order("o1", "reserved"), now_ms=0)
+    pay = await store.claim_intent(
+        "o1", intent="pay", allowed_from=("reserved",), payment_ref="p1", amount_cents=100
+    )
+    assert pay.outcome == "claimed"
+    cancel = await store.claim_intent("o1", intent="cancel", allowed_from=("pending", "reserved"))
+    assert (cancel.outcome, cancel.intent) == ("held", "pay")
+    other = await store.claim_intent(
+        "o1", intent="pay", allowed_from=("reserved",), payment_ref="p2", amount_cents=100
+    )
+    assert (other.outcome, other.payment_ref) == ("held", "p1")
+    await store.create(an_order("o2", "pending"), now_ms=0)
+    early = await store.claim_intent(
+        "o2", intent="pay", allowed_from=("reserved",), payment_ref="p1", amount_cents=100
+    )
+    assert early.outcome == "not_allowed" and early.status == "pending"
+
+
+async def test_sold_out_ignores_older_stock_events(redis: Any) -> None:
+    keys = RedisKeys(new_prefix())
+    sold_out = SoldOutSkus(redis, keys)
+    assert await sold_out.record("crab", sold_out=True, partition=1, offset=10)
+    assert not await sold_out.record("crab", sold_out=False, partition=1, offset=9)
+    await sold_out.refresh()
+    assert "crab" in sold_out
+    assert await sold_out.record("crab", sold_out=False, partition=1, offset=11)
+    await sold_out.refresh()
+    assert "crab" not in sold_out
