@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import OffsetAndMetadata
 
 from services.common.events import Envelope, decode
@@ -23,16 +24,21 @@ async def _group_member(bootstrap: str, group: str) -> AsyncIterator[AIOKafkaCon
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    await consumer.topics()  # refreshes the cluster metadata
-    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
 
 
 async def reset_group_to_earliest(bootstrap: str, group: str, topic: str) -> None:
     """What `kafka-consumer-groups --reset-offsets --to-earliest` does; the group must have
     no live members."""
     async with _group_member(bootstrap, group) as consumer:
-        partitions = await _partitions(consumer, topic)
+        partitions = await _partitions(bootstrap, topic)
         consumer.assign(partitions)
         beginnings = await consumer.beginning_offsets(partitions)
         await consumer.commit({tp: OffsetAndMetadata(beginnings[tp], "") for tp in partitions})
@@ -41,7 +47,7 @@ async def reset_group_to_earliest(bootstrap: str, group: str, topic: str) -> Non
 async def group_caught_up(bootstrap: str, group: str, topic: str) -> bool:
     """True when the group has committed the end offset of every partition."""
     async with _group_member(bootstrap, group) as consumer:
-        partitions = await _partitions(consumer, topic)
+        partitions = await _partitions(bootstrap, topic)
         ends = await consumer.end_offsets(partitions)
         for tp in partitions:
             committed = await consumer.committed(tp)
@@ -55,7 +61,7 @@ async def read_topic(bootstrap: str, topic: str) -> list[Envelope]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = await _partitions(consumer, topic)
+        partitions = await _partitions(bootstrap, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)

@@ -1,0 +1,102 @@
+"""SIGKILL one of two inventory processes in the middle of a 开抢 burst.
+
+The survivor takes over the dead member's partitions (after the session timeout) and
+replays its uncommitted batches; the Lua steps make that replay harmless. Afterwards every
+accepted order has a decision and the stock invariants hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from bench.flash_sale import Endpoints, SaleClient, run_burst
+from services.common.settings import Settings
+from tests.conftest import JWT_SECRET, ServiceProcess, wait_ready
+
+pytestmark = pytest.mark.chaos
+
+STOCK = 600
+LIMIT = 2
+
+
+async def test_sigkill_of_an_inventory_process_mid_burst_loses_nothing(
+    make_settings: Callable[..., Settings],
+    service_processes: Callable[..., ServiceProcess],
+    tmp_path: Path,
+) -> None:
+    live_orders = [service_processes(make_settings("live_orders")) for _ in range(2)]
+    inventory = [service_processes(make_settings("inventory")) for _ in range(2)]
+    for proc in (*live_orders, *inventory):
+        await wait_ready(proc.url, proc=proc.proc)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)
+    ) as http:
+        client = SaleClient(
+            http,
+            Endpoints(live_orders[0].url, inventory[1].url, "http://127.0.0.1:1", JWT_SECRET),
+            live_orders_urls=[p.url for p in live_orders],
+        )
+        sku = "crab-chaos"
+        await client.put_lot(sku, "LOT-A", warehouse_id="wh-1", quantity=STOCK)
+        session = await client.create_live_session(
+            host_id="host-chaos",
+            title="chaos",
+            listings=[{"sku": sku, "title": "crabs", "price_cents": 8800, "per_user_limit": LIMIT}],
+        )
+        killed = asyncio.Event()
+
+        def kill_halfway(done: int, total: int) -> None:
+            if done >= total // 40 and not killed.is_set():
+                inventory[0].kill()
+                killed.set()
+
+        result = await run_burst(
+            client,
+            session_id=session["session_id"],
+            sku=sku,
+            buyers=600,
+            attempts=2500,
+            max_quantity=LIMIT,
+            concurrency=200,
+            progress=kill_halfway,
+        )
+        assert killed.is_set()
+        assert inventory[0].proc.returncode == -9
+        statuses = result.statuses()
+        assert not [s for s in statuses if s >= 500], statuses
+
+        # Every accepted order reaches a decision (the long-poll waits for it).
+        gate = asyncio.Semaphore(100)
+
+        async def decided(order_id: str, buyer: str) -> str:
+            async with gate:
+                for _ in range(6):
+                    answer = await client.order(buyer=buyer, order_id=order_id, wait=10)
+                    if answer.body["status"] != "pending":
+                        return str(answer.body["status"])
+                return "pending"
+
+        states = await asyncio.gather(
+            *(decided(oid, o["buyer"]) for oid, o in result.final.items())
+        )
+        assert "pending" not in states
+        held_units = sum(
+            o["quantity"]
+            for (oid, o), state in zip(result.final.items(), states, strict=True)
+            if state == "reserved"
+        )
+
+        stock = await client.sku(sku)
+        assert stock["available"] + stock["reserved"] + stock["sold"] == stock["received"]
+        assert min(stock["available"], stock["reserved"], stock["sold"]) >= 0
+        assert stock["reserved"] == held_units == STOCK
+        per_buyer: dict[str, int] = {}
+        for (_, order), state in zip(result.final.items(), states, strict=True):
+            if state == "reserved":
+                per_buyer[order["buyer"]] = per_buyer.get(order["buyer"], 0) + order["quantity"]
+        assert max(per_buyer.values()) <= LIMIT
