@@ -83,10 +83,13 @@ async def test_pay_cancel_and_expiry_racing_resolve_exactly_once(client: SaleCli
     buyers = 30
     _, orders = await reserve(client, "tea-race", buyers)
 
-    # Fire a payment and a cancel at every order right around its deadline.
-    await asyncio.sleep(TTL_S - 0.15)
+    reserved_at = asyncio.get_running_loop().time()
 
     async def race(i: int, order: dict[str, Any]) -> tuple[Answer, Answer]:
+        # A payment and a cancel at the same moment, staggered across orders from well
+        # before the deadline to just after it, so every outcome gets its turn.
+        fire_at = reserved_at + TTL_S - 1.2 + i * 1.5 / buyers
+        await asyncio.sleep(max(0.0, fire_at - asyncio.get_running_loop().time()))
         pay, cancel = await asyncio.gather(
             client.pay(order["order_id"], order["total_cents"], f"pay-{i}"),
             client.cancel(buyer=f"b{i}", order_id=order["order_id"]),
@@ -112,6 +115,7 @@ async def test_pay_cancel_and_expiry_racing_resolve_exactly_once(client: SaleCli
         if cancel.status == 200:
             assert state == "cancelled"
     paid = states.count("paid")
+    assert len(set(states)) >= 2, Counter(states)  # the race really had several winners
     stock = await client.sku("tea-race")
     assert stock["sold"] == paid
     assert stock["reserved"] == 0
