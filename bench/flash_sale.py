@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
+import sys
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -321,17 +322,24 @@ async def pay_orders(
 
 
 def text_progress(label: str, width: int = 40) -> Callable[[int, int], None]:
-    """A progress bar on one terminal line, redrawn at most 20 times a second."""
-    last = [0.0]
+    """A progress bar on one terminal line, redrawn at most 20 times a second; on a
+    non-terminal (CI logs, pipes) one line per 10 %."""
+    last = [0.0, -1.0]
+    tty = sys.stdout.isatty()
 
     def show(done: int, total: int) -> None:
         now = time.monotonic()
-        if done != total and now - last[0] < 0.05:
+        if tty and done != total and now - last[0] < 0.05:
             return
-        last[0] = now
+        if not tty and done != total and int(10 * done / total) == last[1]:
+            return
+        last[0], last[1] = now, int(10 * done / total)
         filled = int(width * done / total)
         bar = "█" * filled + "·" * (width - filled)
-        end = "\n" if done == total else ""
-        print(f"\r{label} [{bar}] {done}/{total}", end=end, flush=True)
+        print(
+            f"\r{label} [{bar}] {done}/{total}",
+            end="" if tty and done != total else "\n",
+            flush=True,
+        )
 
     return show
