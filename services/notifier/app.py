@@ -1,13 +1,115 @@
-"""The notifier app: the platform app plus this service's routes and consumers."""
+"""The notifier app: the platform app plus live views (counters, picks, leaderboard)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
+from services.common.kafka_consumer import ConsumerRunner
 from services.common.settings import Settings
-from services.common.web_app import create_base_app
+from services.common.web_app import (
+    METRICS,
+    PUBLISHER,
+    READINESS,
+    REDIS,
+    SETTINGS,
+    TOPICS,
+    create_base_app,
+)
+from services.notifier.app_state import (
+    LEADERBOARD_FEED,
+    NOTIFIER_METRICS,
+    PICK_FEED,
+    PICK_STORE,
+    PROJECTION,
+    SESSION_FEED,
+    TICKER,
+)
+from services.notifier.http_api import LEADERBOARD_SIZE, setup_routes
+from services.notifier.live_feeds import PickFeed, SnapshotFeed, Ticker
+from services.notifier.metrics import NotifierMetrics
+from services.notifier.pick_store import PickStore
+from services.notifier.projection_consumer import LiveProjectionHandler, consumed_topics
+from services.notifier.projection_store import ProjectionStore
+from services.notifier.redis_keys import NotifierKeys
+
+# Outcome guards outlive the topics' retention by a day: a replay from the oldest retained
+# offset still finds them.
+GUARD_MARGIN_S = 24 * 3600
 
 
 def create_app(settings: Settings) -> web.Application:
     app = create_base_app(settings)
+    app[NOTIFIER_METRICS] = NotifierMetrics.create(app[METRICS].registry)
+    setup_routes(app)
+    app.cleanup_ctx.append(notifier_context)
+    app.on_shutdown.append(close_live_clients)
     return app
+
+
+async def notifier_context(app: web.Application) -> AsyncIterator[None]:
+    """Stores, feeds, the push ticker and the consumer, for the app's lifetime (after
+    `platform_context` opened Redis and the producer)."""
+    settings = app[SETTINGS]
+    metrics = app[NOTIFIER_METRICS]
+    keys = NotifierKeys(settings.redis_prefix)
+    redis = app[REDIS]
+    projection = ProjectionStore(
+        redis, keys, guard_ttl_s=settings.topic_retention_ms // 1000 + GUARD_MARGIN_S
+    )
+    picks = PickStore(redis, keys)
+    session_feed = SnapshotFeed(
+        kind="session_ws", frame_type="snapshot", load=projection.session_payloads, metrics=metrics
+    )
+
+    async def load_leaderboard(keys_: list[str]) -> dict[str, dict[str, object]]:
+        board = await projection.leaderboard(LEADERBOARD_SIZE)
+        return {key: {"sessions": board} for key in keys_}
+
+    leaderboard_feed = SnapshotFeed(
+        kind="leaderboard_ws", frame_type="leaderboard", load=load_leaderboard, metrics=metrics
+    )
+    pick_feed = PickFeed(picks, metrics)
+    ticker = Ticker(settings.push_interval_s, [session_feed, leaderboard_feed, pick_feed])
+    app[PROJECTION] = projection
+    app[PICK_STORE] = picks
+    app[SESSION_FEED] = session_feed
+    app[LEADERBOARD_FEED] = leaderboard_feed
+    app[PICK_FEED] = pick_feed
+    app[TICKER] = ticker
+
+    runner = ConsumerRunner(
+        settings=settings,
+        group=f"{settings.topic_prefix}notifier",
+        topics=consumed_topics(app[TOPICS]),
+        handler=LiveProjectionHandler(
+            topics=app[TOPICS], keys=keys, projection=projection, picks=picks, metrics=metrics
+        ),
+        publisher=app[PUBLISHER],
+        metrics=app[METRICS],
+        dlq_topic=app[TOPICS].dlq,
+    )
+    await runner.start()
+
+    async def consumer_check() -> bool:
+        return runner.healthy
+
+    app[READINESS].add("consumer", consumer_check)
+    ticking = asyncio.create_task(ticker.run(), name="notifier:push")
+    try:
+        yield
+    finally:
+        ticking.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticking
+        await runner.stop()
+
+
+async def close_live_clients(app: web.Application) -> None:
+    """On shutdown, end every live socket and stream (1001) so handlers return at once;
+    clients reconnect to another process and continue from Redis."""
+    if TICKER in app:
+        app[TICKER].close_all()

@@ -1,0 +1,51 @@
+"""Who may watch what, and from which page: checks shared by the live endpoints."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from yarl import URL
+
+from services.common.auth import Principal, forbidden
+from services.common.problems import ProblemError, not_found
+from services.notifier.projection_store import ProjectionStore
+
+
+def check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
+    """Refuse (403) a browser page of another origin. Clients that send no Origin (not a
+    browser) and pages served from this very host pass; others only when listed in
+    `LC_ALLOWED_ORIGINS` (`*` allows every origin)."""
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in allowed or origin in allowed:
+        return
+    if not _same_origin(origin, request.host):
+        raise ProblemError(403, "Forbidden", f"origin {origin!r} is not allowed")
+
+
+def _same_origin(origin: str, host_header: str) -> bool:
+    try:
+        page = URL(origin)
+        here = URL(f"{page.scheme}://{host_header}")
+    except ValueError:
+        return False
+    if page.scheme not in ("http", "https") or not page.host:
+        return False
+    return (page.host.lower(), page.port) == ((here.host or "").lower(), here.port)
+
+
+async def require_session_watcher(
+    who: Principal, session_id: str, projection: ProjectionStore
+) -> None:
+    """The session's host or an admin; anyone else learns nothing about the session."""
+    if who.role not in ("host", "admin"):
+        raise forbidden(f"role {who.role!r} may not watch a session")
+    session = await projection.session(session_id)
+    if session is None or (who.role == "host" and session.host_id != who.sub):
+        raise not_found("no such session")
+
+
+def require_warehouse_staff(who: Principal, warehouse_id: str) -> None:
+    """Staff of that warehouse or an admin; staff of another warehouse get 404."""
+    if who.role not in ("warehouse", "admin"):
+        raise forbidden(f"role {who.role!r} may not see pick tasks")
+    if who.role == "warehouse" and who.warehouse_id != warehouse_id:
+        raise not_found("no such warehouse")

@@ -1,0 +1,25 @@
+-- Complete one pick task; completing it again changes nothing.
+--
+-- KEYS[1]  hash  the pick
+-- KEYS[2]  zset  the warehouse's open picks
+-- KEYS[3]  zset  the warehouse's done picks
+-- KEYS[4]  string  the pick sequence
+-- ARGV[1]  pick_id
+-- ARGV[2]  completed_at (RFC 3339)
+-- ARGV[3]  who completed it (token sub)
+--
+-- Returns {status, completed_at, completed_by}: 'done' with the first completion's time
+-- and author, or {'missing'} when no such pick exists.
+
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return {'missing'}
+end
+if redis.call('HGET', KEYS[1], 'status') == 'open' then
+  local seq = redis.call('INCR', KEYS[4])
+  redis.call('HSET', KEYS[1], 'status', 'done', 'completed_at', ARGV[2], 'completed_by', ARGV[3],
+    'done_seq', seq)
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZADD', KEYS[3], seq, ARGV[1])
+end
+local done = redis.call('HMGET', KEYS[1], 'completed_at', 'completed_by')
+return {'done', done[1], done[2]}

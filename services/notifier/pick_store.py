@@ -1,0 +1,152 @@
+"""The warehouse pick queue in Redis: tasks opened exactly once, completed idempotently.
+
+Every change (a task opened, a task completed) takes the next number of one sequence and
+is filed under it in the warehouse's `open` or `done` sorted set. A reader that remembers
+the last number it saw asks for everything above it, so any notifier process can push the
+picks that another process consumed, and a list cursor is that number too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from services.common.redis_scripts import LuaScript
+from services.notifier.pick_queue import PickStatus, PickTask
+from services.notifier.redis_keys import NotifierKeys
+
+APPLY_PICKS = LuaScript("services.notifier.lua", "apply_picks.lua")
+COMPLETE_PICK = LuaScript("services.notifier.lua", "complete_pick.lua")
+
+
+class PickStore:
+    def __init__(self, redis: Redis, keys: NotifierKeys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def open_batch(
+        self, topic_partition: str, picks: Sequence[tuple[int, Mapping[str, Any]]]
+    ) -> tuple[int, int]:
+        """Open the tasks of one partition batch of `pick.requested` (offset, data),
+        recording the offset in the same step. Returns (opened, skipped)."""
+        if not picks:
+            return 0, 0
+        keys: list[str | bytes] = [self._keys.offsets, self._keys.pick_seq]
+        index: dict[str, int] = {}
+
+        def key_index(key: str) -> int:
+            if key not in index:
+                keys.append(key)
+                index[key] = len(keys)
+            return index[key]
+
+        entries = [
+            [
+                offset,
+                key_index(self._keys.pick(str(data["pick_id"]))),
+                key_index(self._keys.picks_open(str(data["warehouse_id"]))),
+                str(data["pick_id"]),
+                str(data["warehouse_id"]),
+                orjson.dumps(dict(data)).decode(),
+            ]
+            for offset, data in picks
+        ]
+        opened, skipped = await APPLY_PICKS(
+            self._redis, keys, [topic_partition, orjson.dumps(entries)]
+        )
+        return int(opened), int(skipped)
+
+    async def get(self, pick_id: str) -> PickTask | None:
+        tasks = await self._load([pick_id])
+        return tasks[0] if tasks else None
+
+    async def complete(self, task: PickTask, completed_at: str, completed_by: str) -> PickTask:
+        """Mark the task done (once: a second call keeps the first time and author)."""
+        await COMPLETE_PICK(
+            self._redis,
+            [
+                self._keys.pick(task.pick_id),
+                self._keys.picks_open(task.warehouse_id),
+                self._keys.picks_done(task.warehouse_id),
+                self._keys.pick_seq,
+            ],
+            [task.pick_id, completed_at, completed_by],
+        )
+        done = await self.get(task.pick_id)
+        assert done is not None  # tasks are never deleted
+        return done
+
+    async def page(
+        self, warehouse_id: str, status: PickStatus, after: int, limit: int
+    ) -> tuple[list[PickTask], int | None]:
+        """Tasks of a status in sequence order after a cursor; the next cursor or None."""
+        key = (
+            self._keys.picks_open(warehouse_id)
+            if status == "open"
+            else self._keys.picks_done(warehouse_id)
+        )
+        members = cast(
+            list[tuple[bytes, float]],
+            await self._redis.zrangebyscore(
+                key, f"({after}", "+inf", start=0, num=limit + 1, withscores=True
+            ),
+        )
+        more = len(members) > limit
+        members = members[:limit]
+        tasks = await self._load([member.decode() for member, _ in members])
+        next_cursor = int(members[-1][1]) if more and members else None
+        return tasks, next_cursor
+
+    async def open_snapshot(
+        self, warehouse_id: str, upto: int | None
+    ) -> tuple[int, list[PickTask]]:
+        """(sequence now, open tasks): all of them, or those opened at or before `upto`.
+        One transaction, so the tasks are exactly those opened up to the sequence."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._keys.pick_seq)
+            pipe.zrangebyscore(
+                self._keys.picks_open(warehouse_id), "-inf", "+inf" if upto is None else upto
+            )
+            seq_raw, members = await pipe.execute()
+        return int(seq_raw or 0), await self._load([m.decode() for m in members])
+
+    async def changes(self, warehouse_id: str, after: int) -> tuple[int, list[PickTask], list[str]]:
+        """(sequence now, tasks opened and still open, pick_ids completed) since `after`."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._keys.pick_seq)
+            pipe.zrangebyscore(self._keys.picks_open(warehouse_id), f"({after}", "+inf")
+            pipe.zrangebyscore(self._keys.picks_done(warehouse_id), f"({after}", "+inf")
+            seq_raw, opened, done = await pipe.execute()
+        seq = int(seq_raw or 0)
+        tasks = await self._load([m.decode() for m in opened]) if opened else []
+        return seq, tasks, [m.decode() for m in done]
+
+    async def _load(self, pick_ids: Sequence[str]) -> list[PickTask]:
+        if not pick_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for pick_id in pick_ids:
+                pipe.hgetall(self._keys.pick(pick_id))
+            replies: list[dict[bytes, bytes]] = await pipe.execute()
+        tasks = []
+        for raw in replies:
+            if not raw:
+                continue
+            done = raw.get(b"status") == b"done"
+            tasks.append(
+                PickTask.from_document(
+                    orjson.loads(raw[b"doc"]),
+                    status="done" if done else "open",
+                    seq=int(raw[b"done_seq"] if done else raw[b"opened_seq"]),
+                    completed_at=_text(raw.get(b"completed_at")),
+                    completed_by=_text(raw.get(b"completed_by")),
+                )
+            )
+        return tasks
+
+
+def _text(raw: bytes | None) -> str | None:
+    return raw.decode() if raw is not None else None

@@ -1,0 +1,138 @@
+"""The live counters in Redis: applying consumed batches and reading snapshots back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import orjson
+from redis.asyncio import Redis
+
+from services.common.redis_scripts import LuaScript
+from services.notifier.projection import (
+    Assign,
+    EventEffect,
+    Increment,
+    RankAdd,
+    SessionInfo,
+    session_from_hash,
+    session_payload,
+    totals_from_hash,
+)
+from services.notifier.redis_keys import NotifierKeys
+
+APPLY_PROJECTION = LuaScript("services.notifier.lua", "apply_projection.lua")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    applied: int
+    skipped: int
+
+
+class _KeyIndex:
+    """Numbers the keys of one script call (KEYS[1] is the offsets hash)."""
+
+    def __init__(self, first: str) -> None:
+        self.keys: list[str] = [first]
+        self._index: dict[str, int] = {first: 1}
+
+    def __call__(self, key: str) -> int:
+        index = self._index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._index[key] = len(self.keys)
+        return index
+
+
+class ProjectionStore:
+    def __init__(self, redis: Redis, keys: NotifierKeys, guard_ttl_s: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._guard_ttl_s = guard_ttl_s
+
+    async def apply(self, topic_partition: str, effects: Sequence[EventEffect]) -> Applied:
+        """Apply the effects of one partition batch (offset order) in one atomic step that
+        also records the highest offset: a redelivered batch changes nothing."""
+        index = _KeyIndex(self._keys.offsets)
+        entries: list[list[Any]] = []
+        for effect in effects:
+            if not effect.ops:
+                continue
+            entry: list[Any] = [effect.offset, 0, ""]
+            if effect.guard is not None:
+                entry[1] = index(effect.guard.key)
+                entry[2] = effect.guard.member
+            entry.extend(_encode_op(op, index) for op in effect.ops)
+            entries.append(entry)
+        if not entries:
+            return Applied(0, 0)
+        applied, skipped, _last = await APPLY_PROJECTION(
+            self._redis,
+            list(index.keys),
+            [topic_partition, self._guard_ttl_s, orjson.dumps(entries)],
+        )
+        return Applied(int(applied), int(skipped))
+
+    async def session(self, session_id: str) -> SessionInfo | None:
+        raw = await self._redis.hgetall(self._keys.session(session_id))
+        return session_from_hash(session_id, cast(dict[bytes, bytes], raw))
+
+    async def session_payloads(self, session_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The snapshot content of each known session (unknown ones are left out)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.hgetall(self._keys.session(session_id))
+                pipe.hgetall(self._keys.totals(session_id))
+            replies = await pipe.execute()
+        sessions: list[tuple[SessionInfo, dict[str, int]]] = []
+        for i, session_id in enumerate(session_ids):
+            info = session_from_hash(session_id, replies[2 * i])
+            if info is not None:
+                sessions.append((info, totals_from_hash(replies[2 * i + 1])))
+        skus = sorted({sku for info, _ in sessions for sku in info.skus})
+        stock: dict[str, bytes | None] = {}
+        if skus:
+            values = cast(list[bytes | None], await self._redis.hmget(self._keys.stock, skus))
+            stock = dict(zip(skus, values, strict=True))
+        return {info.session_id: session_payload(info, totals, stock) for info, totals in sessions}
+
+    async def leaderboard(self, limit: int) -> list[dict[str, Any]]:
+        """Sessions by paid GMV, highest first."""
+        ranked = cast(
+            list[tuple[bytes, float]],
+            await self._redis.zrevrange(self._keys.leaderboard, 0, limit - 1, withscores=True),
+        )
+        if not ranked:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for member, _ in ranked:
+                session_id = member.decode()
+                pipe.hmget(self._keys.session(session_id), ["title", "host_id"])
+                pipe.hget(self._keys.totals(session_id), "paid_orders")
+            replies = await pipe.execute()
+        board = []
+        for rank, (member, score) in enumerate(ranked, start=1):
+            title, host_id = replies[2 * rank - 2]
+            paid = replies[2 * rank - 1]
+            board.append(
+                {
+                    "rank": rank,
+                    "session_id": member.decode(),
+                    "title": title.decode() if title else None,
+                    "host_id": host_id.decode() if host_id else None,
+                    "gmv_cents": int(score),
+                    "paid_orders": int(paid or 0),
+                }
+            )
+        return board
+
+
+def _encode_op(op: Increment | Assign | RankAdd, index: _KeyIndex) -> list[Any]:
+    # Amounts travel as strings: cjson would turn large integers into floats.
+    if isinstance(op, Increment):
+        return ["i", index(op.key), op.field, str(op.amount)]
+    if isinstance(op, Assign):
+        return ["s", index(op.key), op.field, op.value]
+    return ["z", index(op.key), op.member, str(op.amount)]

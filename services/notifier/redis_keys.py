@@ -1,0 +1,64 @@
+"""Names of every Redis key the notifier writes.
+
+All of them carry the one hash tag `{nt}`: the exactly-once step of a consumed batch
+touches the offsets, the totals of several sessions, the stock of several SKUs and the
+leaderboard in one Lua call, and Redis Cluster runs a script only on keys of one slot.
+The notifier writes once per consumed batch (not per event), so one slot carries it
+comfortably; the hot per-SKU keys of inventory are spread by their own `{sku}` tags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierKeys:
+    prefix: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}nt:{{nt}}:"
+
+    # -- projection (counters, sessions, stock, leaderboard)
+    @property
+    def offsets(self) -> str:
+        """Hash `topic:partition` -> highest offset applied (the replay guard)."""
+        return f"{self.base}offsets"
+
+    def totals(self, session_id: str) -> str:
+        return f"{self.base}totals:{session_id}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.base}session:{session_id}"
+
+    def seen(self, session_id: str) -> str:
+        """Set of `type:order_id` already counted for a session (republished outcomes)."""
+        return f"{self.base}seen:{session_id}"
+
+    @property
+    def stock(self) -> str:
+        """Hash sku -> JSON [received, available, reserved, sold]."""
+        return f"{self.base}stock"
+
+    @property
+    def leaderboard(self) -> str:
+        """Sorted set session_id -> paid GMV in cents."""
+        return f"{self.base}leaderboard"
+
+    # -- pick queue
+    def pick(self, pick_id: str) -> str:
+        return f"{self.base}pick:{pick_id}"
+
+    def picks_open(self, warehouse_id: str) -> str:
+        """Sorted set pick_id -> seq when it was opened."""
+        return f"{self.base}picks:{warehouse_id}:open"
+
+    def picks_done(self, warehouse_id: str) -> str:
+        """Sorted set pick_id -> seq when it was completed."""
+        return f"{self.base}picks:{warehouse_id}:done"
+
+    @property
+    def pick_seq(self) -> str:
+        """One counter orders every pick change (opened or completed) of every warehouse."""
+        return f"{self.base}picks:seq"
