@@ -163,9 +163,7 @@ async def test_replaying_the_orders_topic_changes_nothing(
     for proc in stack.inventory:
         proc.stop()
     await reset_group_to_earliest(bootstrap, group, stack.topics.orders)
-    stack.inventory[:] = [
-        start_service_process(s, stack.log_dir) for s in stack.inventory_settings
-    ]
+    stack.inventory[:] = [start_service_process(s, stack.log_dir) for s in stack.inventory_settings]
     for proc in stack.inventory:
         await wait_ready(proc.url, proc=proc.proc)
 
