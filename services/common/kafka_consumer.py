@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from services.common.background import stop_tasks
 from services.common.events import Envelope, InvalidEvent, decode
 from services.common.kafka_producer import EventPublisher
 from services.common.metrics import PlatformMetrics
@@ -132,9 +132,7 @@ class ConsumerRunner:
                         pass
             except TimeoutError:
                 log.warning("stopping mid-batch", extra={"group": self.group})
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks(self._task)
         if self._consumer is not None:
             await self._consumer.stop()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from services.common.auth import Principal, Role, authenticate, require_role
 from services.common.json_logging import configure_logging
+from services.common.kafka_consumer import BatchHandler, ConsumerRunner
 from services.common.kafka_producer import EventPublisher, create_producer
 from services.common.kafka_topics import Topics, ensure_topics
 from services.common.metrics import PlatformMetrics
@@ -135,6 +136,30 @@ async def platform_context(app: web.Application) -> AsyncIterator[None]:
     finally:
         await producer.stop()
         await redis.aclose()
+
+
+def consumer_for(
+    app: web.Application, *, name: str, topics: Sequence[str], handler: BatchHandler
+) -> ConsumerRunner:
+    """The service's consumer group `<topic prefix><name>`, wired to the app's publisher,
+    metrics and DLQ, its health part of `/readyz` ("consumer"). The caller starts it in
+    its cleanup context and stops it before the platform context closes."""
+    settings = app[SETTINGS]
+    runner = ConsumerRunner(
+        settings=settings,
+        group=f"{settings.topic_prefix}{name}",
+        topics=topics,
+        handler=handler,
+        publisher=app[PUBLISHER],
+        metrics=app[METRICS],
+        dlq_topic=app[TOPICS].dlq,
+    )
+
+    async def healthy() -> bool:
+        return runner.healthy
+
+    app[READINESS].add("consumer", healthy)
+    return runner
 
 
 def principal(request: web.Request, *roles: Role) -> Principal:

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.common.kafka_consumer import ConsumerRunner
+from services.common.background import stop_tasks
 from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
 from services.common.web_app import (
-    METRICS,
     PUBLISHER,
-    READINESS,
     REDIS,
     SETTINGS,
     TOPICS,
+    consumer_for,
     create_base_app,
 )
 from services.inventory.app_keys import INVENTORY_METRICS, STOCK_STORE
@@ -48,9 +46,9 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
     store = StockStore(app[REDIS], settings)
     app[STOCK_STORE] = store
 
-    consumer = ConsumerRunner(
-        settings=settings,
-        group=f"{settings.topic_prefix}inventory",
+    consumer = consumer_for(
+        app,
+        name="inventory",
         topics=[topics.orders],
         handler=OrderEventHandler(
             store=store,
@@ -59,9 +57,6 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
             source=settings.instance_id,
         ),
-        publisher=publisher,
-        metrics=app[METRICS],
-        dlq_topic=topics.dlq,
     )
     sweeper = HoldSweeper(store=store, metrics=metrics, interval_s=settings.sweep_interval_s)
     outbox = OutboxPublisher(
@@ -73,11 +68,7 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
         wake=sweeper.released,
     )
 
-    async def consumer_healthy() -> bool:
-        return consumer.healthy
-
     await consumer.start()
-    app[READINESS].add("consumer", consumer_healthy)
     tasks = [
         asyncio.create_task(sweeper.run(), name="inventory:sweeper"),
         asyncio.create_task(outbox.run(), name="inventory:outbox"),
@@ -88,8 +79,4 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
         # The consumer first: its batch in flight finishes and commits while Redis and
         # the producer are still open. Then the loops, which hold no state of their own.
         await consumer.stop()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(*tasks)

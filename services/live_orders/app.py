@@ -11,11 +11,11 @@ the three background parts of a process, stopped in reverse on shutdown:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from services.common.background import stop_tasks
 from services.common.kafka_consumer import ConsumerRunner
 from services.common.settings import Settings
 from services.common.web_app import (
@@ -25,6 +25,7 @@ from services.common.web_app import (
     REDIS,
     SETTINGS,
     TOPICS,
+    consumer_for,
     create_base_app,
 )
 from services.live_orders.broadcast import BroadcastListener
@@ -87,31 +88,22 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
     await sold_out.refresh()
     refresher = asyncio.create_task(sold_out.refresh_forever(), name="live_orders:sold-out")
 
-    consumer = ConsumerRunner(
-        settings=settings,
-        group=f"{settings.topic_prefix}live_orders",
+    consumer = consumer_for(
+        app,
+        name="live_orders",
         topics=[topics.inventory],
         handler=InventoryOutcomes(order_store, sold_out, metrics).handle,
-        publisher=publisher,
-        metrics=app[METRICS],
-        dlq_topic=topics.dlq,
     )
     await consumer.start()
     app[OUTCOME_CONSUMER] = consumer
 
-    async def consumer_healthy() -> bool:
-        return consumer.healthy
-
     async def listener_alive() -> bool:
         return listener.alive
 
-    app[READINESS].add("consumer", consumer_healthy)
     app[READINESS].add("broadcast", listener_alive)
     try:
         yield
     finally:
         await consumer.stop()
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        await stop_tasks(refresher)
         await listener.stop()

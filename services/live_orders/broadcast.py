@@ -15,6 +15,7 @@ import time
 
 from redis.asyncio import Redis
 
+from services.common.background import stop_tasks
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_waiters import OrderWaiters
 from services.live_orders.redis_keys import RedisKeys
@@ -64,9 +65,7 @@ class BroadcastListener:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks(self._task)
 
     async def _run(self) -> None:
         attempt = 0

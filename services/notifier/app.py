@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.common.kafka_consumer import ConsumerRunner
+from services.common.background import stop_tasks
 from services.common.settings import Settings
 from services.common.web_app import (
     METRICS,
-    PUBLISHER,
-    READINESS,
     REDIS,
     SETTINGS,
     TOPICS,
+    consumer_for,
     create_base_app,
 )
 from services.notifier.app_state import (
@@ -81,30 +79,20 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
     app[PICK_FEED] = pick_feed
     app[TICKER] = ticker
 
-    runner = ConsumerRunner(
-        settings=settings,
-        group=f"{settings.topic_prefix}notifier",
+    runner = consumer_for(
+        app,
+        name="notifier",
         topics=consumed_topics(app[TOPICS]),
         handler=LiveProjectionHandler(
             topics=app[TOPICS], keys=keys, projection=projection, picks=picks, metrics=metrics
         ),
-        publisher=app[PUBLISHER],
-        metrics=app[METRICS],
-        dlq_topic=app[TOPICS].dlq,
     )
     await runner.start()
-
-    async def consumer_check() -> bool:
-        return runner.healthy
-
-    app[READINESS].add("consumer", consumer_check)
     ticking = asyncio.create_task(ticker.run(), name="notifier:push")
     try:
         yield
     finally:
-        ticking.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticking
+        await stop_tasks(ticking)
         await runner.stop()
 
 
