@@ -245,8 +245,11 @@ class Ticker:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        due = loop.time()
         while True:
+            # The next tick is due one interval after this one *started*, never sooner:
+            # a late tick is not caught up on by a quicker one, so no subscriber ever gets
+            # more than one frame per interval (at most 4 a second at 250 ms).
+            started = loop.time()
             for feed in self._feeds:
                 try:
                     await feed.tick()
@@ -258,8 +261,7 @@ class Ticker:
                     self._failing = True
                 else:
                     self._failing = False
-            due = max(due + self._interval_s, loop.time())
-            await asyncio.sleep(due - loop.time())
+            await asyncio.sleep(max(0.0, started + self._interval_s - loop.time()))
 
     def close_all(self, code: int = GOING_AWAY, reason: str = "server shutting down") -> None:
         for feed in self._feeds:

@@ -214,11 +214,13 @@ async def test_host_view_matches_the_truth_within_500ms(stack: Stack) -> None:
         reader.cancel()
     assert expected["totals"]["units_sold"] > 0 and expected["totals"]["rejected_sold_out"] > 0
     assert arrived - last_event <= 0.5, f"view converged {arrived - last_event:.3f}s late"
-    during = [t for t, _ in subscriber.frames if t >= burst_started]
-    assert len(during) >= 3
-    # Five frames never fit in one second: at most 4 snapshots per second.
-    for earlier, later in zip(during, during[4:], strict=False):
-        assert later - earlier >= 0.95
+    # When each snapshot was made, by the server's clock (`at`): the receiving side of
+    # this test shares two cores with the whole stack, so its arrival times bunch up.
+    made = [from_rfc3339(f["at"]).timestamp() for t, f in subscriber.frames if t >= burst_started]
+    assert len(made) >= 3
+    # Five snapshots never fit in one second: at most 4 per second (`at` has ms precision).
+    for earlier, later in zip(made, made[4:], strict=False):
+        assert later - earlier >= 0.999
 
 
 async def test_view_converges_after_the_notifier_is_killed_mid_burst(stack: Stack) -> None:
