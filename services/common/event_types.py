@@ -116,6 +116,9 @@ class StockChanged(TypedDict):
     available: int
     reserved: int
     sold: int
+    # Per-sku version of these counters (higher is newer); absent in events from before
+    # it existed, so consumers must accept events without it.
+    version: NotRequired[int]
 
 
 class PickRequested(TypedDict):

@@ -1,6 +1,6 @@
 -- commit.lua: order.paid for one order of one sku, in one atomic step.
 --
--- KEYS[1] stock   hash: received, available, reserved, sold, off:<topic>:<partition>
+-- KEYS[1] stock   hash: received, available, reserved, sold, v, off:<topic>:<partition>
 -- KEYS[2] orders  hash: order_id -> JSON record
 -- KEYS[3] buyers  hash: buyer_id -> units held (reserved + paid)
 -- KEYS[4] holds   sorted set: order_id scored by deadline (epoch ms)
@@ -11,7 +11,7 @@
 -- ARGV[4] order_id
 -- ARGV[5] payment_ref
 --
--- Returns {status, fresh, record_json, {received, available, reserved, sold}}:
+-- Returns {status, fresh, record_json, {received, available, reserved, sold, v}}:
 --   committed  the hold became a sale; record.a holds the lot allocations
 --              (fresh 0: committed before, the stored allocations are the answer)
 --   expired    the deadline had passed: the hold is released here and now, even if the
@@ -30,7 +30,7 @@ local offset = tonumber(ARGV[3])
 local order_id = ARGV[4]
 
 local function levels()
-  return redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold')
+  return redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold', 'v')
 end
 
 local raw = redis.call('HGET', orders, order_id)
@@ -53,6 +53,8 @@ if record.x <= now then
     redis.call('HDEL', buyers, record.b)
   end
   redis.call('ZREM', holds, order_id)
+  -- v orders the sku's stock.changed snapshots: bumped with every counter change.
+  redis.call('HINCRBY', stock, 'v', 1)
   record.s = 'expired'
   local encoded = cjson.encode(record)
   redis.call('HSET', orders, order_id, encoded)
@@ -104,6 +106,7 @@ for _, lot in ipairs(touched) do
 end
 redis.call('HINCRBY', stock, 'reserved', -quantity)
 redis.call('HINCRBY', stock, 'sold', quantity)
+redis.call('HINCRBY', stock, 'v', 1)
 redis.call('ZREM', holds, order_id)
 record.s = 'committed'
 record.a = allocations

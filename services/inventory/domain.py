@@ -28,11 +28,20 @@ class StockLevels:
     available: int
     reserved: int
     sold: int
+    # Bumped by every script that changes the counters, in the same atomic step: a
+    # stock.changed carries it so consumers keep the newest state whatever order the
+    # snapshots of several publishers arrive in. 0 before the first change.
+    version: int = 0
 
     @classmethod
     def from_redis(cls, values: Sequence[Any]) -> StockLevels:
-        received, available, reserved, sold = (int(v) if v is not None else 0 for v in values)
-        return cls(received=received, available=available, reserved=reserved, sold=sold)
+        """From HMGET received available reserved sold v (a missing field reads 0)."""
+        received, available, reserved, sold, version = (
+            int(v) if v is not None else 0 for v in values
+        )
+        return cls(
+            received=received, available=available, reserved=reserved, sold=sold, version=version
+        )
 
     @property
     def consistent(self) -> bool:

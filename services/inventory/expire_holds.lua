@@ -1,6 +1,6 @@
 -- expire_holds.lua: the sweeper's step for one sku: release holds whose deadline passed.
 --
--- KEYS[1] stock   hash: received, available, reserved, sold
+-- KEYS[1] stock   hash: received, available, reserved, sold, v
 -- KEYS[2] orders  hash: order_id -> JSON record
 -- KEYS[3] buyers  hash: buyer_id -> units held (reserved + paid)
 -- KEYS[4] holds   sorted set: order_id scored by deadline (epoch ms)
@@ -8,7 +8,7 @@
 -- ARGV[1] now (epoch ms)
 -- ARGV[2] most holds to release in this call (keeps one call short)
 --
--- Returns {released, holds_left, outbox_len, {received, available, reserved, sold}}.
+-- Returns {released, holds_left, outbox_len, {received, available, reserved, sold, v}}.
 --
 -- Several sweepers may run this on the same sku at once: Redis runs scripts one at a
 -- time and a released hold leaves the sorted set in the same step, so each hold is
@@ -41,9 +41,14 @@ for _, order_id in ipairs(due) do
     end
   end
 end
+if released > 0 then
+  -- v orders the sku's stock.changed snapshots: one bump for the whole call is enough,
+  -- since nobody can read the counters between its releases.
+  redis.call('HINCRBY', stock, 'v', 1)
+end
 return {
   released,
   redis.call('ZCARD', holds),
   redis.call('HLEN', outbox),
-  redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold'),
+  redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold', 'v'),
 }

@@ -118,12 +118,17 @@ def reservation_expired(sku: str, record: OrderRecord, source: str) -> Envelope:
 
 
 def stock_changed(sku: str, levels: StockLevels, source: str) -> Envelope:
-    """A snapshot of the sku's counters; a newer one supersedes it, so no dedup id."""
+    """A snapshot of the sku's counters; a newer one supersedes it, so no dedup id.
+
+    Several publishers (the consumer, the outbox, the lot API, in several processes) may
+    land their snapshots in another order than the states they read: `version` (the
+    stock hash's, read with the counters) lets consumers drop an older one."""
     data: StockChanged = {
         "sku": sku,
         "received": levels.received,
         "available": levels.available,
         "reserved": levels.reserved,
         "sold": levels.sold,
+        "version": levels.version,
     }
     return Envelope.create("stock.changed", data, source=source)

@@ -1,6 +1,6 @@
 -- release.lua: order.cancelled for one order of one sku, in one atomic step.
 --
--- KEYS[1] stock   hash: received, available, reserved, sold, off:<topic>:<partition>
+-- KEYS[1] stock   hash: received, available, reserved, sold, v, off:<topic>:<partition>
 -- KEYS[2] orders  hash: order_id -> JSON record
 -- KEYS[3] buyers  hash: buyer_id -> units held (reserved + paid)
 -- KEYS[4] holds   sorted set: order_id scored by deadline (epoch ms)
@@ -9,7 +9,7 @@
 -- ARGV[3] offset of the order.cancelled event
 -- ARGV[4] order_id
 --
--- Returns {status, fresh, record_json, {received, available, reserved, sold}}:
+-- Returns {status, fresh, record_json, {received, available, reserved, sold, v}}:
 --   released  a live hold: its units are back in the pool
 --   expired   the deadline had passed (swept now if the sweeper had not yet)
 --   committed, rejected, unknown  nothing held: nothing changes
@@ -23,7 +23,7 @@ local offset = tonumber(ARGV[3])
 local order_id = ARGV[4]
 
 local function levels()
-  return redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold')
+  return redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold', 'v')
 end
 
 local raw = redis.call('HGET', orders, order_id)
@@ -40,6 +40,8 @@ redis.call('HSET', stock, offset_field, offset)
 local quantity = record.q
 redis.call('HINCRBY', stock, 'available', quantity)
 redis.call('HINCRBY', stock, 'reserved', -quantity)
+-- v orders the sku's stock.changed snapshots: bumped with every counter change.
+redis.call('HINCRBY', stock, 'v', 1)
 if redis.call('HINCRBY', buyers, record.b, -quantity) <= 0 then
   redis.call('HDEL', buyers, record.b)
 end

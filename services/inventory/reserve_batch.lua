@@ -1,7 +1,9 @@
 -- reserve_batch.lua: decide a run of order.placed events of ONE sku in one atomic step.
 --
--- KEYS[1] stock   hash: received, available, reserved, sold, and `off:<topic>:<partition>`
---                 (the highest Kafka offset applied to this sku from that partition)
+-- KEYS[1] stock   hash: received, available, reserved, sold, v (the version: bumped in the
+--                 same step as every counter change, so stock.changed snapshots can be
+--                 ordered by consumers), and `off:<topic>:<partition>` (the highest Kafka
+--                 offset applied to this sku from that partition)
 -- KEYS[2] orders  hash: order_id -> JSON record (decision and current state of the order)
 -- KEYS[3] buyers  hash: buyer_id -> units the buyer holds of this sku (reserved + paid)
 -- KEYS[4] holds   sorted set: order_id scored by its payment deadline (epoch ms)
@@ -11,7 +13,7 @@
 -- ARGV[4..] seven values per order, in offset order:
 --           offset, order_id, buyer_id, quantity, per_user_limit, session_id, total_cents
 --
--- Returns {{received, available, reserved, sold}, {{order_id, fresh, record_json}, ...}}.
+-- Returns {{received, available, reserved, sold, v}, {{order_id, fresh, record_json}, ...}}.
 -- fresh is 1 when this call decided the order, 0 when it returned a stored decision
 -- (replay); record_json is "" for an offset already applied whose order is unknown.
 --
@@ -76,9 +78,11 @@ end
 
 if held then
   redis.call('HSET', stock, 'available', available, 'reserved', reserved)
+  -- Rejections leave the counters as they were: only a hold moves the version.
+  redis.call('HINCRBY', stock, 'v', 1)
 end
 if highest > applied then
   redis.call('HSET', stock, offset_field, highest)
 end
-local levels = redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold')
+local levels = redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold', 'v')
 return {levels, results}

@@ -3,7 +3,8 @@
 Keys (all under `settings.redis_prefix`; every per-sku key carries the hash tag `{<sku>}`,
 so each script touches one Redis Cluster slot):
 
-    inv:{<sku>}:stock    hash received/available/reserved/sold + off:<topic>:<partition>
+    inv:{<sku>}:stock    hash received/available/reserved/sold, v (version, +1 on every
+                         counter change) + off:<topic>:<partition>
     inv:{<sku>}:orders   hash order_id -> record (decision + state), see domain.OrderRecord
     inv:{<sku>}:buyers   hash buyer_id -> units reserved + paid (the per-user limit)
     inv:{<sku>}:holds    sorted set order_id -> payment deadline (epoch ms)
@@ -41,7 +42,8 @@ from services.inventory.domain import (
     fefo_key,
 )
 
-LEVEL_FIELDS = ("received", "available", "reserved", "sold")
+# The version `v` is read with the counters (one HMGET), so it always names that state.
+LEVEL_FIELDS = ("received", "available", "reserved", "sold", "v")
 
 
 def _text(value: bytes | str) -> str:

@@ -1,6 +1,6 @@
 -- upsert_lot.lua: create a lot or change its received quantity, in one atomic step.
 --
--- KEYS[1] stock  hash: received, available, reserved, sold
+-- KEYS[1] stock  hash: received, available, reserved, sold, v
 -- KEYS[2] lots   hash: lot_code -> JSON {warehouse_id, quantity, allocated, expires_on, origin}
 -- ARGV[1] lot_code
 -- ARGV[2] warehouse_id
@@ -8,7 +8,7 @@
 -- ARGV[4] expires_on (YYYY-MM-DD, '' for none)
 -- ARGV[5] origin ('' for none)
 --
--- Returns {status, lot_json_or_detail, {received, available, reserved, sold}}, status one
+-- Returns {status, lot_json_or_detail, {received, available, reserved, sold, v}}, status one
 -- of created, updated, conflict. The sku's received and available move by the change of
 -- the lot's quantity. A decrease may take neither units already allocated to this lot
 -- (sold) nor units the sku no longer has available (held by reservations): that is a
@@ -19,7 +19,7 @@ local lot_code = ARGV[1]
 local quantity = tonumber(ARGV[3])
 
 local function levels()
-  return redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold')
+  return redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold', 'v')
 end
 
 local raw = redis.call('HGET', lots, lot_code)
@@ -44,6 +44,9 @@ redis.call('HSETNX', stock, 'reserved', 0)
 redis.call('HSETNX', stock, 'sold', 0)
 redis.call('HINCRBY', stock, 'received', delta)
 redis.call('HINCRBY', stock, 'available', delta)
+-- v orders the sku's stock.changed snapshots: bumped with every counter change (also a
+-- lot created at 0 or set to its current quantity: harmless, the snapshot is just newer).
+redis.call('HINCRBY', stock, 'v', 1)
 local encoded = cjson.encode({
   warehouse_id = ARGV[2], quantity = quantity, allocated = allocated,
   expires_on = ARGV[4], origin = ARGV[5],

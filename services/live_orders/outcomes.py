@@ -65,6 +65,7 @@ class InventoryOutcomes:
                 sold_out=data["available"] == 0,
                 partition=event.partition,
                 offset=event.offset,
+                version=data.get("version"),
             )
             return
         rule = OUTCOME_TRANSITIONS[kind]

@@ -3,7 +3,8 @@
 All start with `settings.redis_prefix` then `lo:`. Keys one Lua call touches together share
 a hash tag, so each call stays in one Redis Cluster slot: `{s:<session_id>}` for a session
 and its listings, `{b:<buyer>}` for a buyer's token bucket and idempotency records,
-`{o:<order_id>}` for an order, `{lo:stock}` for the sold-out set and its offsets.
+`{o:<order_id>}` for an order, `{lo:stock}` for the sold-out set and its offsets and
+versions.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class RedisKeys:
     @property
     def stock_seen(self) -> str:
         return f"{self.prefix}lo:{{lo:stock}}:seen"
+
+    @property
+    def stock_versions(self) -> str:
+        """Hash sku -> version of the last stock.changed applied to the sold-out set."""
+        return f"{self.prefix}lo:{{lo:stock}}:versions"
 
     @property
     def order_updates_channel(self) -> str:

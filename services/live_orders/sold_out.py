@@ -44,13 +44,29 @@ class SoldOutSkus:
         else:
             self._local.discard(sku)
 
-    async def record(self, sku: str, *, sold_out: bool, partition: int, offset: int) -> bool:
+    async def record(
+        self,
+        sku: str,
+        *,
+        sold_out: bool,
+        partition: int,
+        offset: int,
+        version: int | None = None,
+    ) -> bool:
         """Record one stock.changed (consumer side) and broadcast it; False if a newer
-        event for the SKU was applied already."""
+        state of the SKU was applied already. `version` is the event's (None for events
+        from before it existed); apply_stock.lua says how the two kinds are ordered."""
         applied = await self._apply(
             self._redis,
-            [self._keys.sold_out, self._keys.stock_seen],
-            [self._keys.stock_channel, sku, partition, offset, "1" if sold_out else "0"],
+            [self._keys.sold_out, self._keys.stock_seen, self._keys.stock_versions],
+            [
+                self._keys.stock_channel,
+                sku,
+                partition,
+                offset,
+                "1" if sold_out else "0",
+                "" if version is None else version,
+            ],
         )
         return bool(applied)
 

@@ -35,9 +35,13 @@ def _same_origin(origin: str, host_header: str) -> bool:
 async def require_session_watcher(
     who: Principal, session_id: str, projection: ProjectionStore
 ) -> None:
-    """The session's host or an admin; anyone else learns nothing about the session."""
+    """The session's host or an admin; anyone else learns nothing about the session.
+
+    DESIGN 4.5 answers 404 to any caller who may not watch the session, so a wrong role
+    (buyer, warehouse, payments) gets the same 404 as another host or a session that does
+    not exist, not the generic wrong-role 403 of 4.2: one refusal for every outsider."""
     if who.role not in ("host", "admin"):
-        raise forbidden(f"role {who.role!r} may not watch a session")
+        raise not_found("no such session")
     session = await projection.session(session_id)
     if session is None or (who.role == "host" and session.host_id != who.sub):
         raise not_found("no such session")

@@ -81,7 +81,26 @@ class RankAdd:
     amount: int
 
 
-Op = Increment | Assign | RankAdd
+@dataclass(frozen=True, slots=True)
+class AssignIfNewer:
+    """HSET key field value, unless the hash `versions` holds a version for `field` at or
+    above `version`; a newer version is recorded there too.
+
+    For snapshots that supersede each other (stock.changed): several inventory processes
+    publish them, and Kafka may hold them in another order than the states they read, so
+    the offset alone would let an older state overwrite a newer one. `version` None (an
+    event from before versions existed) applies only while no versioned snapshot was
+    stored for the field: it cannot be ordered against one, and the versioned publishers
+    are the current ones, so their next snapshot is the one to trust."""
+
+    key: str
+    field: str
+    value: str
+    versions: str
+    version: int | None
+
+
+Op = Increment | Assign | RankAdd | AssignIfNewer
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +131,15 @@ def effect_of(
         )
     if event_type == "stock.changed":
         state = [int(data["received"])] + [int(data[name]) for name in STOCK_FIELDS]
-        return EventEffect(offset, None, (Assign(keys.stock, str(data["sku"]), _json(state)),))
+        version = data.get("version")
+        assign = AssignIfNewer(
+            keys.stock,
+            str(data["sku"]),
+            _json(state),
+            keys.stock_versions,
+            int(version) if version is not None else None,
+        )
+        return EventEffect(offset, None, (assign,))
     if event_type == "session.updated":
         session_key = keys.session(str(data["session_id"]))
         listings = [

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from services.common.redis_scripts import LuaScript
 from services.notifier.projection import (
     Assign,
+    AssignIfNewer,
     EventEffect,
     Increment,
     RankAdd,
@@ -129,10 +130,13 @@ class ProjectionStore:
         return board
 
 
-def _encode_op(op: Increment | Assign | RankAdd, index: _KeyIndex) -> list[Any]:
+def _encode_op(op: Increment | Assign | RankAdd | AssignIfNewer, index: _KeyIndex) -> list[Any]:
     # Amounts travel as strings: cjson would turn large integers into floats.
     if isinstance(op, Increment):
         return ["i", index(op.key), op.field, str(op.amount)]
     if isinstance(op, Assign):
         return ["s", index(op.key), op.field, op.value]
+    if isinstance(op, AssignIfNewer):
+        version = "" if op.version is None else str(op.version)
+        return ["n", index(op.key), op.field, op.value, index(op.versions), version]
     return ["z", index(op.key), op.member, str(op.amount)]

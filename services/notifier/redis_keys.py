@@ -42,6 +42,12 @@ class NotifierKeys:
         return f"{self.base}stock"
 
     @property
+    def stock_versions(self) -> str:
+        """Hash sku -> version of the stock.changed stored in `stock` (only for events
+        that carry one). Kept apart from `stock` so its values keep their shape."""
+        return f"{self.base}stock-versions"
+
+    @property
     def leaderboard(self) -> str:
         """Sorted set session_id -> paid GMV in cents."""
         return f"{self.base}leaderboard"

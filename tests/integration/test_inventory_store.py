@@ -61,6 +61,12 @@ def order(offset: int, order_id: str, buyer: str, quantity: int = 1, limit: int 
     )
 
 
+def counters(levels: StockLevels) -> tuple[int, int, int, int]:
+    """The counters without the version, where how many script calls changed them (so
+    the version) depends on how concurrent calls interleaved."""
+    return (levels.received, levels.available, levels.reserved, levels.sold)
+
+
 async def hold(store: StockStore, sku: str, *orders: PlacedOrder, now_ms: int = T0) -> None:
     result = await store.reserve_batch(sku, orders, topic=TOPIC, partition=0, now_ms=now_ms)
     assert all(d.outcome == "confirmed" for d in result.decisions), result.decisions
@@ -92,7 +98,8 @@ async def test_reserve_batch_holds_exactly_the_stock_within_per_user_limits(
     outcomes = Counter(outcome for _, outcome, _ in decisions)
     assert outcomes["confirmed"] == 300
     assert outcomes["confirmed"] + outcomes["sold_out"] + outcomes["limit_exceeded"] == 750
-    assert await store.stock_levels("crab") == StockLevels(300, 0, 300, 0)
+    levels = await store.stock_levels("crab")
+    assert counters(levels) == (300, 0, 300, 0)
     units = await store.buyer_units("crab")
     assert sum(units.values()) == 300
     assert max(units.values()) <= 2
@@ -103,7 +110,8 @@ async def test_reserve_batch_holds_exactly_the_stock_within_per_user_limits(
         (o, out) for o, out, _ in decisions
     ]
     assert not any(fresh for part in again for _, _, fresh in part)
-    assert await store.stock_levels("crab") == StockLevels(300, 0, 300, 0)
+    # Nothing changed, version included.
+    assert await store.stock_levels("crab") == levels
     assert await store.buyer_units("crab") == units
 
 
@@ -134,7 +142,7 @@ async def test_reserve_batch_decides_in_offset_order_with_limit_before_stock(
     confirmed = result.decisions[0].record
     assert confirmed.expires_ms == T0 + TTL_MS
     assert (confirmed.session_id, confirmed.buyer_id, confirmed.total_cents) == ("s-1", "b1", 9800)
-    assert result.levels == StockLevels(3, 0, 3, 0)
+    assert result.levels == StockLevels(3, 0, 3, 0, version=2)  # the lot, then the holds
 
     # A new order.placed at an offset already applied is never applied.
     late = await store.reserve_batch(
@@ -170,7 +178,7 @@ async def test_commit_allocates_first_expired_first_across_lots_and_warehouses(
         ("D", 1, "2026-12-05"),
         ("C", 3, None),
     ]
-    assert second.levels == StockLevels(12, 2, 0, 10)
+    assert second.levels == StockLevels(12, 2, 0, 10, version=7)  # 4 lots, holds, 2 commits
 
     # Replayed and redelivered payments answer the stored allocations and change nothing.
     for offset in (2, 9):
@@ -181,7 +189,7 @@ async def test_commit_allocates_first_expired_first_across_lots_and_warehouses(
         assert replay.record == first.record
     view = await store.sku_view("peach")
     assert view is not None
-    assert view.levels == StockLevels(12, 2, 0, 10) and view.levels.consistent
+    assert view.levels == StockLevels(12, 2, 0, 10, version=7) and view.levels.consistent
     assert {lot.lot_code: lot.allocated for lot in view.lots} == {"A": 3, "B": 2, "C": 3, "D": 2}
     assert [lot.lot_code for lot in view.lots] == ["B", "A", "D", "C"]
 
@@ -195,7 +203,7 @@ async def test_payment_after_the_deadline_expires_the_hold_and_gives_units_back(
         "rice", "o1", "pay-1", topic=TOPIC, partition=0, offset=1, now_ms=T0 + TTL_MS
     )
     assert late.status == "expired" and late.fresh
-    assert late.levels == StockLevels(5, 5, 0, 0)
+    assert late.levels == StockLevels(5, 5, 0, 0, version=3)
     assert await store.buyer_units("rice") == {}
     # The sweeper finds nothing left to do, and a repeated payment stays expired.
     swept = await store.expire_holds("rice", now_ms=T0 + TTL_MS + 1)
@@ -204,7 +212,7 @@ async def test_payment_after_the_deadline_expires_the_hold_and_gives_units_back(
         "rice", "o1", "pay-1", topic=TOPIC, partition=0, offset=2, now_ms=T0 + TTL_MS
     )
     assert again.status == "expired" and not again.fresh
-    assert again.levels == StockLevels(5, 5, 0, 0)
+    assert again.levels == StockLevels(5, 5, 0, 0, version=3)
 
 
 async def test_cancel_releases_once_and_never_touches_a_sale(store: StockStore) -> None:
@@ -213,21 +221,21 @@ async def test_cancel_releases_once_and_never_touches_a_sale(store: StockStore) 
 
     released = await store.release("tea", "o1", topic=TOPIC, partition=0, offset=2, now_ms=T0)
     assert released.status == "released" and released.fresh
-    assert released.levels == StockLevels(4, 2, 2, 0)
+    assert released.levels == StockLevels(4, 2, 2, 0, version=3)
     assert await store.buyer_units("tea") == {"b2": 2}
     # Cancelled twice: the replayed offset and a second order.cancelled further on.
     for offset in (2, 5):
         twice = await store.release("tea", "o1", topic=TOPIC, partition=0, offset=offset, now_ms=T0)
         assert twice.status == "released" and not twice.fresh
-        assert twice.levels == StockLevels(4, 2, 2, 0)
+        assert twice.levels == StockLevels(4, 2, 2, 0, version=3)
     # Paying a cancelled order changes nothing either.
     paid = await store.commit("tea", "o1", "p", topic=TOPIC, partition=0, offset=6, now_ms=T0)
-    assert paid.status == "released" and paid.levels == StockLevels(4, 2, 2, 0)
+    assert paid.status == "released" and paid.levels == StockLevels(4, 2, 2, 0, version=3)
 
     await store.commit("tea", "o2", "pay-2", topic=TOPIC, partition=0, offset=7, now_ms=T0)
     after_sale = await store.release("tea", "o2", topic=TOPIC, partition=0, offset=8, now_ms=T0)
     assert after_sale.status == "committed" and not after_sale.fresh
-    assert after_sale.levels == StockLevels(4, 2, 0, 2)
+    assert after_sale.levels == StockLevels(4, 2, 0, 2, version=4)
     unknown = await store.release("tea", "nope", topic=TOPIC, partition=0, offset=9, now_ms=T0)
     assert unknown.status == "unknown" and unknown.record is None
 
@@ -239,7 +247,7 @@ async def test_cancel_after_the_deadline_answers_expired(store: StockStore) -> N
         "tea", "o1", topic=TOPIC, partition=0, offset=1, now_ms=T0 + TTL_MS + 5
     )
     assert late.status == "expired" and late.fresh
-    assert late.levels == StockLevels(1, 1, 0, 0)
+    assert late.levels == StockLevels(1, 1, 0, 0, version=3)
 
 
 async def test_racing_sweepers_release_each_overdue_hold_exactly_once(
@@ -265,7 +273,7 @@ async def test_racing_sweepers_release_each_overdue_hold_exactly_once(
 
     assert sum(released) == 240
     for sku in ("crab", "peach"):
-        assert await store.stock_levels(sku) == StockLevels(150, 140, 10, 0)
+        assert counters(await store.stock_levels(sku)) == (150, 140, 10, 0)
         outbox = await store.read_outbox(sku)
         assert sorted(r.order_id for r in outbox) == sorted(f"{sku}-{i}" for i in range(120))
         assert all(r.state == "expired" for r in outbox)
@@ -301,23 +309,91 @@ async def test_lot_changes_move_received_and_available_and_refuse_what_is_taken(
     store: StockStore,
 ) -> None:
     created = await store.upsert_lot("crab", LotInput("L1", "wh-1", 10, "2026-12-01", "Taihu"))
-    assert created.status == "created" and created.levels == StockLevels(10, 10, 0, 0)
+    assert created.status == "created" and created.levels == StockLevels(10, 10, 0, 0, 1)
     assert created.lot is not None and created.lot.origin == "Taihu"
     await add_lot(store, "crab", "L2", 4, warehouse_id="wh-2", expires_on="2026-12-09")
     await hold(store, "crab", order(0, "o1", "b1", 6, limit=0), order(1, "o2", "b2", 5, limit=0))
     await store.commit("crab", "o1", "pay", topic=TOPIC, partition=0, offset=2, now_ms=T0)
     # Now: L1 has 6 allocated (sold), o2 holds 5, available 3.
     before = await store.sku_view("crab")
-    assert before is not None and before.levels == StockLevels(14, 3, 5, 6)
+    assert before is not None and before.levels == StockLevels(14, 3, 5, 6, version=4)
 
     below_sold = await store.upsert_lot("crab", LotInput("L1", "wh-1", 5, "2026-12-01", None))
     assert below_sold.status == "conflict" and "allocated" in below_sold.detail
     beyond_available = await store.upsert_lot("crab", LotInput("L2", "wh-2", 0, None, None))
     assert beyond_available.status == "conflict" and "available" in beyond_available.detail
-    assert await store.sku_view("crab") == before
+    assert await store.sku_view("crab") == before  # version included: a refusal is no change
 
     lowered = await store.upsert_lot("crab", LotInput("L2", "wh-2", 1, "2026-12-09", None))
-    assert lowered.status == "updated" and lowered.levels == StockLevels(11, 0, 5, 6)
+    assert lowered.status == "updated" and lowered.levels == StockLevels(11, 0, 5, 6, 5)
     raised = await store.upsert_lot("crab", LotInput("L1", "wh-1", 20, "2026-12-01", None))
-    assert raised.levels == StockLevels(21, 10, 5, 6) and raised.levels.consistent
+    assert raised.levels == StockLevels(21, 10, 5, 6, 6) and raised.levels.consistent
     assert raised.lot is not None and raised.lot.allocated == 6
+
+
+async def test_every_counter_change_moves_the_version_and_nothing_else_does(
+    store: StockStore,
+) -> None:
+    """stock.changed consumers keep the snapshot with the highest version, so every script
+    that changes a counter must bump it in the same step, and no-ops must not."""
+    seen: list[int] = []
+
+    async def changed(levels: StockLevels) -> None:
+        assert levels.consistent
+        assert not seen or levels.version > seen[-1], (levels, seen)
+        # What the readers (and so every stock.changed) report is that same version.
+        assert await store.stock_levels("crab") == levels
+        view = await store.sku_view("crab")
+        assert view is not None and view.levels == levels
+        seen.append(levels.version)
+
+    async def unchanged(levels: StockLevels) -> None:
+        assert levels.version == seen[-1], (levels, seen)
+
+    assert (await store.stock_levels("crab")).version == 0  # nothing stored yet
+    await changed((await store.upsert_lot("crab", LotInput("L1", "wh-1", 3, None, None))).levels)
+    await changed((await store.upsert_lot("crab", LotInput("L2", "wh-1", 2, None, None))).levels)
+
+    placed = [order(0, "o1", "b1", 2), order(1, "o2", "b2", 1), order(2, "o3", "b3", 1)]
+    held = await store.reserve_batch("crab", placed, topic=TOPIC, partition=0, now_ms=T0)
+    await changed(held.levels)
+    # 1 unit left available: taking 2 off a lot is refused and changes nothing.
+    refused = await store.upsert_lot("crab", LotInput("L2", "wh-1", 0, None, None))
+    assert refused.status == "conflict"
+    await unchanged(refused.levels)
+    # A batch of rejections only (over the limit, then sold out) and a replay: no change.
+    rejected = await store.reserve_batch(
+        "crab",
+        [order(3, "o4", "b1", 1), order(4, "o5", "b5", 9, limit=0)],
+        topic=TOPIC,
+        partition=0,
+    )
+    assert [d.outcome for d in rejected.decisions] == ["limit_exceeded", "sold_out"]
+    await unchanged(rejected.levels)
+    replay = await store.reserve_batch("crab", placed, topic=TOPIC, partition=0, now_ms=T0)
+    await unchanged(replay.levels)
+
+    paid = await store.commit("crab", "o1", "p1", topic=TOPIC, partition=0, offset=5, now_ms=T0)
+    assert paid.status == "committed"
+    await changed(paid.levels)
+    await unchanged(
+        (await store.commit("crab", "o1", "p1", topic=TOPIC, partition=0, offset=5)).levels
+    )
+    cancelled = await store.release("crab", "o2", topic=TOPIC, partition=0, offset=6, now_ms=T0)
+    assert cancelled.status == "released"
+    await changed(cancelled.levels)
+    await unchanged((await store.release("crab", "o2", topic=TOPIC, partition=0, offset=7)).levels)
+
+    await unchanged((await store.expire_holds("crab", now_ms=T0)).levels)  # nothing due
+    swept = await store.expire_holds("crab", now_ms=T0 + TTL_MS)
+    assert swept.released == 1
+    await changed(swept.levels)
+
+    await hold(store, "crab", order(8, "o6", "b6", 1), now_ms=T0)
+    await changed(await store.stock_levels("crab"))
+    late = await store.commit(
+        "crab", "o6", "p6", topic=TOPIC, partition=0, offset=9, now_ms=T0 + TTL_MS
+    )
+    assert late.status == "expired"
+    await changed(late.levels)
+    assert len(seen) == 8

@@ -99,12 +99,11 @@ class Decider:
         ends = await self._consumer.end_offsets(partitions)
         return sum(ends.values())
 
-    async def publish_stock(self, sku: str, available: int) -> None:
-        await self._publish(
-            "stock.changed",
-            sku,
-            {"sku": sku, "received": available, "available": available, "reserved": 0, "sold": 0},
-        )
+    async def publish_stock(self, sku: str, available: int, version: int | None = None) -> None:
+        data = {"sku": sku, "received": available, "available": available, "reserved": 0, "sold": 0}
+        if version is not None:
+            data["version"] = version
+        await self._publish("stock.changed", sku, data)
 
     async def _run(self) -> None:
         async for record in self._consumer:
@@ -742,6 +741,45 @@ async def test_sold_out_fast_path_answers_without_inventory(stack: Stack, redis:
         return True
 
     await eventually(goes_through, timeout=2, what="orders go through after restock")
+
+
+async def test_an_older_sold_out_snapshot_published_after_a_restock_is_ignored(
+    stack: Stack, redis: Any
+) -> None:
+    """Two inventory processes may publish stock.changed in the opposite order of the
+    states they read: the later offset is the older state. The version decides."""
+    sid, _, sku = await live_session(stack, stock=5)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(stack.keys.stock_channel)
+    heard: list[str] = []
+
+    async def heard_all(expected: list[str]) -> bool:
+        message = await pubsub.get_message(timeout=0.1)
+        if message is not None and message["data"].decode().endswith(" " + sku):
+            heard.append(message["data"].decode())
+        return heard == expected
+
+    try:
+        await stack.decider.publish_stock(sku, 0, version=5)
+        await eventually(lambda: heard_all([f"1 {sku}"]), what="sold out at version 5")
+        await stack.decider.publish_stock(sku, 3, version=8)  # restocked
+        await stack.decider.publish_stock(sku, 0, version=7)  # older, arrives later
+        # Same key, so consumed after the two above: once it is heard, both were decided.
+        await stack.decider.publish_stock(sku, 2, version=9)
+        await eventually(
+            lambda: heard_all([f"1 {sku}", f"0 {sku}", f"0 {sku}"]),
+            what="restock and the newest snapshot, never the older sold out",
+        )
+    finally:
+        await pubsub.aclose()
+    assert not await redis.sismember(stack.keys.sold_out, sku)
+
+    async def goes_through() -> bool:
+        status, body, _ = await order(stack, sid, uid("buyer"), sku)
+        assert status == 201, body
+        return True
+
+    await eventually(goes_through, timeout=2, what="orders go through (the fast path agrees)")
 
 
 async def reserved_order(stack: Stack, **listing: Any) -> tuple[str, dict[str, Any], str]:

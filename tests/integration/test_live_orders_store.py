@@ -164,3 +164,25 @@ async def test_sold_out_ignores_older_stock_events(redis: Any) -> None:
     assert await sold_out.record("crab", sold_out=False, partition=1, offset=11)
     await sold_out.refresh()
     assert "crab" not in sold_out
+
+
+async def test_sold_out_orders_versioned_stock_events_by_version_not_offset(redis: Any) -> None:
+    sold_out = SoldOutSkus(redis, RedisKeys(new_prefix()))
+    assert await sold_out.record("crab", sold_out=False, partition=1, offset=10, version=8)
+    # An older state at a later offset (another publisher was slower): refused.
+    assert not await sold_out.record("crab", sold_out=True, partition=1, offset=11, version=7)
+    # The same version again (a republished snapshot) changes nothing either.
+    assert not await sold_out.record("crab", sold_out=True, partition=1, offset=12, version=8)
+    # Without a version it cannot be ordered against a versioned one: refused too.
+    assert not await sold_out.record("crab", sold_out=True, partition=1, offset=13)
+    await sold_out.refresh()
+    assert "crab" not in sold_out
+    # A newer version applies, whatever its offset or partition.
+    assert await sold_out.record("crab", sold_out=True, partition=2, offset=0, version=9)
+    await sold_out.refresh()
+    assert "crab" in sold_out
+    # SKUs are independent; an unversioned SKU keeps the offset guard.
+    assert await sold_out.record("tea", sold_out=True, partition=1, offset=5)
+    assert await sold_out.record("tea", sold_out=False, partition=1, offset=6, version=1)
+    await sold_out.refresh()
+    assert "tea" not in sold_out and "crab" in sold_out

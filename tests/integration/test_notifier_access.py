@@ -42,8 +42,15 @@ async def test_live_socket_refusals_and_first_message_auth(
     assert await handshake_status(live, headers=auth("host", "host-b")) == 404
     missing = f"{running.url}/v1/sessions/no-such-session/live"
     assert await handshake_status(missing, headers=auth("admin", "ops")) == 404
-    assert await handshake_status(live, headers=auth("buyer", "b-1")) == 403
+    # Any other role may not watch either: the same 404, not a 403 (DESIGN 4.5).
+    for outsider in (
+        auth("buyer", "b-1"),
+        auth("warehouse", "staff-1", "wh-1"),
+        auth("payments", "psp"),
+    ):
+        assert await handshake_status(live, headers=outsider) == 404
     assert await handshake_status(live, headers={"Authorization": "Bearer nonsense"}) == 401
+    assert await handshake_status(missing, headers=auth("buyer", "b-1")) == 404
     # A page of another origin is refused before the upgrade; listed and same-origin pass.
     assert (
         await handshake_status(live, headers=auth("host", "host-a"), origin="https://evil.example")
@@ -54,6 +61,18 @@ async def test_live_socket_refusals_and_first_message_auth(
         assert orjson.loads((await ws.receive()).data)["type"] == "snapshot"
         await ws.close()
 
+    # The SSE stream refuses the same way: 404 for every outsider, 401 without a token.
+    events = f"{running.url}/v1/sessions/{session_id}/events"
+    for outsider in (auth("host", "host-b"), auth("buyer", "b-1"), auth("warehouse", "s", "wh-1")):
+        async with http.get(events, headers=outsider) as response:
+            assert response.status == 404
+            assert response.headers["Content-Type"] == "application/problem+json"
+    async with http.get(events) as response:
+        assert response.status == 401
+    evil = {**auth("host", "host-a"), "Origin": "https://evil.example"}
+    async with http.get(events, headers=evil) as response:
+        assert response.status == 403
+
     # First-message auth: a good token gets the snapshot...
     ws = await http.ws_connect(live)
     await ws.send_str(orjson.dumps({"type": "auth", "token": token("host", "host-a")}).decode())
@@ -63,6 +82,7 @@ async def test_live_socket_refusals_and_first_message_auth(
     for first in (
         {"type": "auth", "token": "not-a-jwt"},
         {"type": "auth", "token": token("host", "host-b")},
+        {"type": "auth", "token": token("buyer", "b-1")},
         {"type": "hello"},
     ):
         ws = await http.ws_connect(live)

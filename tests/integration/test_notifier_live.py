@@ -13,11 +13,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from services.common.events import Envelope
 from services.common.kafka_topics import Topics
 from services.common.settings import Settings
 from services.notifier.app import create_app
 from tests.conftest import auth
 from tests.integration.test_notifier_support import (
+    Frames,
     Item,
     Sale,
     collect,
@@ -170,6 +172,75 @@ async def test_server_sent_events_carry_the_same_snapshots(
         f"{running.url}/v1/sessions/{session_id}/events", headers=auth("host", "someone-else")
     ) as response:
         assert response.status == 404
+
+
+async def test_an_older_stock_snapshot_never_replaces_a_newer_one(
+    make_settings: Callable[..., Any], run_app: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """Inventory processes may land their stock.changed in another order than the states
+    they read; the projection keeps the highest version whatever order they arrive in."""
+    settings = make_settings("notifier")
+    running = await run_app(create_app, settings)
+    topics = Topics.with_prefix(settings.topic_prefix)
+    session_id = f"s-{uuid.uuid4().hex[:8]}"
+    sku = "crab-007"
+    sale = Sale(topics, session_id, "host-7", {sku: 10})
+
+    def stock(available: int, reserved: int, sold: int, version: int | None) -> Item:
+        data: dict[str, Any] = {
+            "sku": sku,
+            "received": 10,
+            "available": available,
+            "reserved": reserved,
+            "sold": sold,
+        }
+        if version is not None:
+            data["version"] = version
+        return (topics.inventory, sku, Envelope.create("stock.changed", data, source="test"))
+
+    def sku_state(frames: Frames) -> dict[str, int] | None:
+        return frames.last["skus"].get(sku) if frames.last else None
+
+    async with publisher(settings) as pub:
+        await pub.publish_many([*sale.session_updated(), stock(10, 0, 0, 3)])
+        ws = await open_session_socket(http, running.url, session_id, auth("host", "host-7"))
+        frames, reader = collect(ws)
+        await eventually(
+            lambda: _true(sku_state(frames) == {"available": 10, "reserved": 0, "sold": 0}),
+            what="the first snapshot's stock",
+        )
+        # Newer, then older, then one without a version (an older publisher), then an
+        # outcome on the same key: once it is counted, everything before it was applied.
+        rejected = {
+            "order_id": str(uuid.uuid4()),
+            "session_id": session_id,
+            "sku": sku,
+            "buyer_id": "b-1",
+            "quantity": 1,
+            "reason": "sold_out",
+        }
+        marker = Envelope.create("reservation.rejected", rejected, source="test")
+        await pub.publish_many(
+            [
+                stock(6, 3, 1, 5),
+                stock(8, 2, 0, 4),
+                stock(10, 0, 0, None),
+                (topics.inventory, sku, marker),
+            ]
+        )
+        await eventually(
+            lambda: _true(frames.last and frames.last["totals"]["rejected_sold_out"] == 1),
+            what="the marker counted",
+        )
+        assert sku_state(frames) == {"available": 6, "reserved": 3, "sold": 1}
+        # A newer version still applies.
+        await pub.publish_many([stock(5, 3, 2, 6)])
+        await eventually(
+            lambda: _true(sku_state(frames) == {"available": 5, "reserved": 3, "sold": 2}),
+            what="the newest snapshot",
+        )
+        await ws.close()
+        await stop_task(reader)
 
 
 async def _rewind_group(settings: Settings, topics: Topics) -> None:

@@ -79,7 +79,8 @@ def test_stock_levels_invariant() -> None:
     assert StockLevels(10, 3, 5, 2).consistent
     assert not StockLevels(10, 3, 5, 3).consistent
     assert not StockLevels(0, -1, 1, 0).consistent
-    assert StockLevels.from_redis([b"4", None, b"1", b"3"]) == StockLevels(4, 0, 1, 3)
+    assert StockLevels.from_redis([b"4", None, b"1", b"3", None]) == StockLevels(4, 0, 1, 3)
+    assert StockLevels.from_redis([b"4", b"0", b"1", b"3", b"7"]).version == 7
 
 
 # What the Lua scripts store (cjson): total_cents travels as a string so large sums
@@ -113,7 +114,7 @@ def test_outcome_events_are_valid_and_keep_their_ids_when_rebuilt() -> None:
         *(outcomes.pick_requested("crab", record, a, "inv-1") for a in record.allocations),
         outcomes.reservation_released("crab", record, "inv-1"),
         outcomes.reservation_expired("crab", record, "inv-1"),
-        outcomes.stock_changed("crab", StockLevels(5, 1, 1, 3), "inv-1"),
+        outcomes.stock_changed("crab", StockLevels(5, 1, 1, 3, version=42), "inv-1"),
     ]
     # encode() validates against schemas/events: a field out of contract fails here.
     wire = [decode(encode(envelope)) for envelope in built]
@@ -128,6 +129,15 @@ def test_outcome_events_are_valid_and_keep_their_ids_when_rebuilt() -> None:
     assert (pick_1.data["lot_code"], pick_1.data["expires_on"]) == ("L1", "2026-12-01")
     assert pick_2.data["expires_on"] is None
     assert pick_1.data["pick_id"] == outcomes.pick_id("o1", "L1") != pick_2.data["pick_id"]
+    # The stock snapshot carries the version it was read with (consumers order by it).
+    assert wire[-1].data == {
+        "sku": "crab",
+        "received": 5,
+        "available": 1,
+        "reserved": 1,
+        "sold": 3,
+        "version": 42,
+    }
 
     rebuilt = [
         outcomes.reservation_decided("crab", record, "inv-2"),

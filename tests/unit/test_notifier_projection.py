@@ -12,7 +12,7 @@ from services.notifier.access import check_origin
 from services.notifier.pick_queue import PickTask, group_waves, parse_list_query
 from services.notifier.projection import (
     TOTAL_FIELDS,
-    Assign,
+    AssignIfNewer,
     Increment,
     RankAdd,
     effect_of,
@@ -115,7 +115,20 @@ def test_commit_feeds_the_leaderboard_and_stock_is_the_latest_state() -> None:
         8,
         KEYS,
     )
-    assert stock.guard is None and stock.ops == (Assign(KEYS.stock, "crab", "[10,6,3,1]"),)
+    # Without a version (an older publisher) and with one: the store decides which wins.
+    assert stock.guard is None
+    assert stock.ops == (
+        AssignIfNewer(KEYS.stock, "crab", "[10,6,3,1]", KEYS.stock_versions, None),
+    )
+    versioned = effect_of(
+        "stock.changed",
+        {"sku": "crab", "received": 10, "available": 6, "reserved": 3, "sold": 1, "version": 12},
+        8,
+        KEYS,
+    )
+    assert versioned.ops == (
+        AssignIfNewer(KEYS.stock, "crab", "[10,6,3,1]", KEYS.stock_versions, 12),
+    )
     assert effect_of("order.paid", {**BASE}, 9, KEYS).ops == ()
 
 

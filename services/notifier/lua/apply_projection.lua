@@ -9,6 +9,9 @@
 --           op = ["i", key_index, field, amount]   HINCRBY
 --              | ["s", key_index, field, value]    HSET
 --              | ["z", key_index, member, amount]  ZINCRBY
+--              | ["n", key_index, field, value, versions_key_index, version]
+--                HSET only if newer: `version` ("" for none) is compared with the one
+--                recorded for `field` in the versions hash (see projection.AssignIfNewer)
 --
 -- An entry at or below the recorded offset was applied before (Kafka redelivered the
 -- batch after a crash or a rebalance) and is skipped. An entry whose guard member is
@@ -46,6 +49,25 @@ for _, entry in ipairs(entries) do
         redis.call('HSET', key, op[3], op[4])
       elseif op[1] == 'z' then
         redis.call('ZINCRBY', key, op[4], op[3])
+      elseif op[1] == 'n' then
+        -- A snapshot applies if newer than the stored one. Without a version (an event
+        -- from an older publisher) it applies only while no versioned one was stored;
+        -- it cannot be ordered against one.
+        local versions = KEYS[op[5]]
+        local stored = redis.call('HGET', versions, op[3])
+        local version = op[6]
+        local newer
+        if version == '' then
+          newer = not stored
+        else
+          newer = (not stored) or tonumber(version) > tonumber(stored)
+        end
+        if newer then
+          redis.call('HSET', key, op[3], op[4])
+          if version ~= '' then
+            redis.call('HSET', versions, op[3], version)
+          end
+        end
       else
         return redis.error_reply('unknown op ' .. tostring(op[1]))
       end
