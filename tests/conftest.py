@@ -5,6 +5,7 @@ topic prefix and Redis key prefix.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import subprocess
@@ -133,7 +134,14 @@ async def run_app() -> AsyncIterator[Callable[..., Any]]:
 
     yield start
     for handle in reversed(running):
-        await handle.stop()
+        stopping = asyncio.ensure_future(handle.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=30)
+        if not done:
+            # Say which task keeps the app from stopping, instead of a bare test timeout.
+            for task in asyncio.all_tasks():
+                task.print_stack(file=sys.stderr)
+            raise AssertionError(f"the app at {handle.url} did not stop within 30 s")
+        stopping.result()
 
 
 @dataclass

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from services.common.background import stop_tasks
+from services.common.background import cancel_requested, stop_tasks
 from services.common.events import Envelope, InvalidEvent, decode
 from services.common.kafka_producer import EventPublisher
 from services.common.metrics import PlatformMetrics
@@ -196,9 +196,9 @@ class ConsumerRunner:
         while True:
             try:
                 await self._handler(events)
-            except asyncio.CancelledError:
-                raise
             except Exception:
+                if cancel_requested():
+                    raise
                 self._metrics.handler_failures.labels(self.group).inc()
                 if self._failing_since is None:
                     self._failing_since = time.monotonic()

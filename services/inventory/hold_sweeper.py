@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 
+from services.common.background import cancel_requested
 from services.common.clock import epoch_ms
 from services.common.kafka_producer import EventPublisher
 from services.common.kafka_topics import Topics
@@ -70,9 +71,9 @@ class HoldSweeper:
         while True:
             try:
                 await self.sweep_once()
-            except asyncio.CancelledError:
-                raise
             except Exception:
+                if cancel_requested():
+                    raise
                 log.exception("sweep failed; retrying next tick")
             await asyncio.sleep(self._interval_s)
 
@@ -120,7 +121,7 @@ class OutboxPublisher:
             self._wake.clear()
             try:
                 await self.drain_once()
-            except asyncio.CancelledError:
-                raise
             except Exception:
+                if cancel_requested():
+                    raise
                 log.exception("outbox drain failed; retrying next tick")

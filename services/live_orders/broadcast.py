@@ -15,7 +15,7 @@ import time
 
 from redis.asyncio import Redis
 
-from services.common.background import stop_tasks
+from services.common.background import cancel_requested, stop_tasks
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_waiters import OrderWaiters
 from services.live_orders.redis_keys import RedisKeys
@@ -88,9 +88,9 @@ class BroadcastListener:
                     self._last_read = time.monotonic()
                     if message is not None and message["type"] == "message":
                         self._dispatch(message["channel"], message["data"])
-            except asyncio.CancelledError:
-                raise
             except Exception:
+                if cancel_requested():
+                    raise
                 self._subscribed.clear()
                 delay = RECONNECT_BACKOFF_S[min(attempt, len(RECONNECT_BACKOFF_S) - 1)]
                 attempt += 1

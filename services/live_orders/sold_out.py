@@ -15,6 +15,7 @@ import logging
 
 from redis.asyncio import Redis
 
+from services.common.background import cancel_requested
 from services.common.redis_scripts import LuaScript
 from services.live_orders.order_store import as_text
 from services.live_orders.redis_keys import RedisKeys
@@ -80,8 +81,8 @@ class SoldOutSkus:
         while True:
             try:
                 await self.refresh()
-            except asyncio.CancelledError:
-                raise
             except Exception:
+                if cancel_requested():
+                    raise
                 log.warning("sold-out refresh failed; keeping the last known set", exc_info=True)
             await asyncio.sleep(REFRESH_INTERVAL_S)

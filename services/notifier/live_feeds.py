@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from services.common.background import cancel_requested
 from services.common.clock import now_rfc3339
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.pick_queue import PickTask
@@ -83,7 +84,7 @@ class Outbox:
 
 
 class Tickable(Protocol):
-    async def tick(self) -> None: ...
+    async def tick(self, at: str) -> None: ...
 
     def close_all(self, code: int, reason: str) -> None: ...
 
@@ -137,7 +138,10 @@ class SnapshotFeed:
             del self._subscribers[key]
             self._latest.pop(key, None)
 
-    async def tick(self) -> None:
+    async def tick(self, at: str) -> None:
+        """Re-read every watched key; frames whose content changed go to its subscribers,
+        stamped with the tick's time `at` (so two frames are never stamped closer than the
+        push interval)."""
         async with self._lock:
             keys = list(self._subscribers)
             if not keys:
@@ -150,7 +154,7 @@ class SnapshotFeed:
                 latest = self._latest.get(key)
                 if latest is not None and latest.content == content:
                     continue
-                latest = self._remember(key, payload, content)
+                latest = self._remember(key, payload, content, at=at)
                 for outbox in self._subscribers.get(key, ()):
                     if not outbox.offer(latest.frame):
                         self._metrics.queue_drops.labels(self.kind).inc()
@@ -160,11 +164,19 @@ class SnapshotFeed:
             for outbox in subscribers:
                 outbox.close(code, reason)
 
-    def _remember(self, key: str, payload: dict[str, Any], content: bytes | None = None) -> _Latest:
+    def _remember(
+        self,
+        key: str,
+        payload: dict[str, Any],
+        content: bytes | None = None,
+        at: str | None = None,
+    ) -> _Latest:
         seq = self._seq.get(key, 0) + 1
         self._seq[key] = seq
         # Serialized once per key and tick, whatever the number of subscribers.
-        frame = orjson.dumps({"type": self._frame_type, "seq": seq, "at": now_rfc3339(), **payload})
+        frame = orjson.dumps(
+            {"type": self._frame_type, "seq": seq, "at": at or now_rfc3339(), **payload}
+        )
         latest = _Latest(content or orjson.dumps(payload, option=orjson.OPT_SORT_KEYS), frame)
         self._latest[key] = latest
         return latest
@@ -208,7 +220,7 @@ class PickFeed:
             del self._subscribers[warehouse_id]
             self._cursor.pop(warehouse_id, None)
 
-    async def tick(self) -> None:
+    async def tick(self, at: str) -> None:
         async with self._lock:
             for warehouse_id in list(self._subscribers):
                 cursor = self._cursor.get(warehouse_id, 0)
@@ -250,10 +262,13 @@ class Ticker:
             # a late tick is not caught up on by a quicker one, so no subscriber ever gets
             # more than one frame per interval (at most 4 a second at 250 ms).
             started = loop.time()
+            at = now_rfc3339()
             for feed in self._feeds:
                 try:
-                    await feed.tick()
+                    await feed.tick(at)
                 except Exception:
+                    if cancel_requested():
+                        raise
                     # Redis away: keep ticking (clients keep their last frame) and log
                     # once per outage, not four times a second.
                     if not self._failing:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
+from services.common.clock import from_rfc3339
 from services.common.events import Envelope
 from services.common.kafka_topics import Topics
 from services.common.settings import Settings
@@ -82,10 +84,14 @@ async def test_snapshots_converge_within_500ms_and_at_most_4_per_second(
 
     assert sale.truth.totals["units_sold"] > 0 and sale.truth.totals["rejected_sold_out"] > 0
     assert arrived - last_ack <= 0.5, f"converged {arrived - last_ack:.3f}s after the last event"
-    during = [t for t, _ in frames.items if t >= started]
+    # By the server's clock (`at`, the push tick's time): arrival times on this shared
+    # machine bunch up when the test process is busy.
+    wall_started = time.time() - (asyncio.get_running_loop().time() - started)
+    during = [from_rfc3339(f["at"]).timestamp() for _, f in frames.items]
+    during = [t for t in during if t >= wall_started - 0.001]
     assert len(during) >= 3, "the burst should have produced several snapshots"
     for earlier, later in zip(during, during[4:], strict=False):
-        assert later - earlier >= 0.95, "more than 4 snapshots within one second"
+        assert later - earlier >= 0.999, "more than 4 snapshots within one second"
     seqs = [f["seq"] for _, f in frames.items]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert set(frames.items[-1][1]["totals"]) == set(sale.truth.totals)

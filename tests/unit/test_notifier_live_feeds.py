@@ -46,18 +46,19 @@ async def test_a_tick_serializes_once_and_only_on_change() -> None:
     a, b = await feed.subscribe("s1"), await feed.subscribe("s1")
     first_a, first_b = await a.next(), await b.next()
     assert first_a is first_b, "one serialized frame for every subscriber"
-    await feed.tick()
+    await feed.tick("2026-11-28T12:00:00.000Z")
     assert not a._frames, "nothing changed, nothing sent"
     state["totals"] = {"attempts": 3}
-    await feed.tick()
+    await feed.tick("2026-11-28T12:00:00.250Z")
     frame_a, frame_b = await a.next(), await b.next()
     assert frame_a is frame_b
     snapshot = orjson.loads(frame_a)
     assert snapshot["type"] == "snapshot" and snapshot["seq"] == 2
-    assert snapshot["totals"] == {"attempts": 3} and snapshot["at"].endswith("Z")
+    assert snapshot["totals"] == {"attempts": 3}
+    assert snapshot["at"] == "2026-11-28T12:00:00.250Z", "stamped with its tick's time"
     feed.unsubscribe("s1", a)
     feed.unsubscribe("s1", b)
-    await feed.tick()
+    await feed.tick("2026-11-28T12:00:00.500Z")
     assert loads == 3, "no reads for a session nobody watches"
 
 
