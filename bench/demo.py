@@ -54,6 +54,11 @@ async def host_snapshot(client: SaleClient, session_id: str, host_id: str) -> di
     return None
 
 
+def view_agrees(snapshot: dict[str, Any] | None, stock: dict[str, Any]) -> bool:
+    view = (snapshot or {}).get("skus", {}).get(stock["sku"], {})
+    return bool(view) and all(view.get(k) == stock[k] for k in ("available", "reserved", "sold"))
+
+
 def print_outcome(
     result: BurstResult,
     *,
@@ -108,14 +113,9 @@ def print_outcome(
         f"units reserved or sold ({stock['reserved'] + stock['sold']}) never exceed stock",
         stock["reserved"] + stock["sold"] <= stock["received"],
     )
-    if snapshot is not None:
-        skus = snapshot.get("skus", {})
-        view: dict[str, Any] = next(iter(skus.values()), {})
-        check(
-            "host dashboard agrees with inventory "
-            f"(available {view.get('available')}, sold {view.get('sold')})",
-            view.get("available") == stock["available"] and view.get("sold") == stock["sold"],
-        )
+    check(
+        "host dashboard agrees with inventory (available, held, sold)", view_agrees(snapshot, stock)
+    )
     return ok
 
 
@@ -173,6 +173,9 @@ async def demo(args: argparse.Namespace) -> int:
         for wh in WAREHOUSES:
             token = client.token("warehouse", f"staff-{wh}", wh)
             print(f"    pick console {wh:<11} {notifier}/warehouse/{wh}#token={token}")
+        print(
+            f"    contest leaderboard {notifier}/leaderboard#token={client.token('host', host_id)}"
+        )
         print()
         for remaining in range(args.countdown, 0, -1):
             print(f"\r  开抢 in {remaining}s ...", end="", flush=True)
@@ -210,14 +213,14 @@ async def demo(args: argparse.Namespace) -> int:
         ]:
             if isinstance(answer.body, dict) and "status" in answer.body:
                 result.final[order["order_id"]]["status"] = answer.body["status"]
-        # Give the event flow a moment to settle before reading the truth.
-        deadline = time.monotonic() + 10
+        # Payments answer once inventory committed them, so the stock is final now; the
+        # host's view follows within a push interval: read it until it agrees (or 3 s).
         stock = await client.sku(sku)
-        while time.monotonic() < deadline and stock["sold"] < sum(o["quantity"] for o in to_pay):
-            await asyncio.sleep(0.2)
-            stock = await client.sku(sku)
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 3
         snapshot = await host_snapshot(client, session_id, host_id)
+        while time.monotonic() < deadline and not view_agrees(snapshot, stock):
+            await asyncio.sleep(0.25)
+            snapshot = await host_snapshot(client, session_id, host_id)
         ok = print_outcome(
             result, paid=paid, cancelled=cancelled, stock=stock, limit=limit, snapshot=snapshot
         )
