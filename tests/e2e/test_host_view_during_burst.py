@@ -183,15 +183,21 @@ async def last_event_time(stack: Stack) -> float:
     return max(from_rfc3339(e.occurred_at).timestamp() for e in events)
 
 
+async def watch(stack: Stack, sku: str) -> tuple[str, Subscriber, asyncio.Task[None]]:
+    """A live session selling `sku`, and the host watching it from its first snapshot."""
+    session_id = await sale_session(stack.client, sku)
+    url = stack.notifier.url.replace("http", "ws", 1) + f"/v1/sessions/{session_id}/live"
+    subscriber = Subscriber(url, stack.client.headers("host", HOST))
+    reader = asyncio.create_task(subscriber.run(stack.client.http))
+    await eventually(lambda: _now(subscriber.last is not None), what="first snapshot")
+    return session_id, subscriber, reader
+
+
 async def test_host_view_matches_the_truth_within_500ms(stack: Stack) -> None:
     client = stack.client
     sku = "crab-view"
-    session_id = await sale_session(client, sku)
-    url = stack.notifier.url.replace("http", "ws", 1) + f"/v1/sessions/{session_id}/live"
-    subscriber = Subscriber(url, client.headers("host", HOST))
-    reader = asyncio.create_task(subscriber.run(client.http))
+    session_id, subscriber, reader = await watch(stack, sku)
     try:
-        await eventually(lambda: _now(subscriber.last is not None), what="first snapshot")
         burst_started = time.time()
         result = await run_burst(
             client,
@@ -227,12 +233,8 @@ async def test_host_view_matches_the_truth_within_500ms(stack: Stack) -> None:
 async def test_view_converges_after_the_notifier_is_killed_mid_burst(stack: Stack) -> None:
     client = stack.client
     sku = "crab-kill"
-    session_id = await sale_session(client, sku)
-    url = stack.notifier.url.replace("http", "ws", 1) + f"/v1/sessions/{session_id}/live"
-    subscriber = Subscriber(url, client.headers("host", HOST))
-    reader = asyncio.create_task(subscriber.run(client.http))
+    session_id, subscriber, reader = await watch(stack, sku)
     try:
-        await eventually(lambda: _now(subscriber.last is not None), what="first snapshot")
         killed = asyncio.Event()
 
         def kill_early(done: int, total: int) -> None:

@@ -20,20 +20,11 @@ from services.common.kafka_producer import EventPublisher, create_producer
 from services.common.kafka_topics import Topics
 from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
+from services.notifier.projection import TOTAL_FIELDS
 from tests.waiting import eventually
 
-TOTALS = (
-    "attempts",
-    "reserved_orders",
-    "rejected_sold_out",
-    "rejected_limit",
-    "paid_orders",
-    "cancelled_orders",
-    "expired_orders",
-    "units_reserved",
-    "units_sold",
-    "gmv_cents",
-)
+# The contract's totals (DESIGN 4.5), as the projection names them.
+TOTALS = TOTAL_FIELDS
 
 Item = tuple[str, str, Envelope]
 
