@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaTimeoutError
 
 from services.common.events import Envelope, encode
 from services.common.metrics import PlatformMetrics
@@ -28,11 +29,18 @@ def create_producer(settings: Settings) -> AIOKafkaProducer:
 
 
 class EventPublisher:
-    """Publishes validated envelopes. `publish` returns once the broker acknowledged."""
+    """Publishes validated envelopes. `publish` returns once the broker acknowledged, or
+    raises `KafkaTimeoutError` after `timeout_s`: with the broker away a caller gets a
+    prompt error (a buyer a 503, a consumer a retry) instead of hanging. A send that timed
+    out may still be delivered later; every publisher here uses deterministic event ids or
+    idempotent consumers, so a retry that publishes it again is harmless."""
 
-    def __init__(self, producer: AIOKafkaProducer, metrics: PlatformMetrics) -> None:
+    def __init__(
+        self, producer: AIOKafkaProducer, metrics: PlatformMetrics, timeout_s: float = 5.0
+    ) -> None:
         self._producer = producer
         self._metrics = metrics
+        self._timeout_s = timeout_s
 
     @property
     def producer(self) -> AIOKafkaProducer:
@@ -43,7 +51,23 @@ class EventPublisher:
 
     async def publish_many(self, items: Iterable[tuple[str, str, Envelope]]) -> None:
         """Send all, then wait for every acknowledgement: one round of batched requests
-        instead of one round trip per event. Raises if any send failed."""
+        instead of one round trip per event. Raises if any send failed or timed out."""
+        sending = asyncio.ensure_future(self._send_all(list(items)))
+        try:
+            # asyncio.wait, not a cancelling timeout: aiokafka's delivery futures do not
+            # always give way to a cancellation while the broker is unreachable, and a
+            # caller must get its error on time regardless.
+            done, _ = await asyncio.wait({sending}, timeout=self._timeout_s)
+        except asyncio.CancelledError:
+            sending.cancel()
+            raise
+        if not done:
+            sending.cancel()
+            sending.add_done_callback(_retrieve)
+            raise KafkaTimeoutError(f"no acknowledgement within {self._timeout_s} s")
+        sending.result()
+
+    async def _send_all(self, items: list[tuple[str, str, Envelope]]) -> None:
         pending = []
         for topic, key, envelope in items:
             pending.append(await self._producer.send(topic, encode(envelope), key=key.encode()))
@@ -53,3 +77,9 @@ class EventPublisher:
 
     async def send_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         await self._producer.send_and_wait(topic, value, key=key)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Collect the outcome of a send abandoned after its timeout (it may still succeed)."""
+    if not task.cancelled():
+        task.exception()

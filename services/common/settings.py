@@ -36,6 +36,13 @@ def _non_negative_float(raw: str) -> float:
     return value
 
 
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
@@ -74,6 +81,7 @@ class Settings:
     rate_limit_burst: int = 10
     rate_limit_per_s: float = 5.0
     order_wait_default_s: float = 2.0
+    publish_timeout_s: float = 5.0
     push_interval_s: float = 0.25
     sweep_interval_s: float = 1.0
     allowed_origins: tuple[str, ...] = ()
@@ -107,6 +115,7 @@ class Settings:
             rate_limit_burst=_read(env, "LC_RATE_LIMIT_BURST", _positive_int, 10),
             rate_limit_per_s=_read(env, "LC_RATE_LIMIT_PER_S", _non_negative_float, 5.0),
             order_wait_default_s=_read(env, "LC_ORDER_WAIT_DEFAULT_S", _non_negative_float, 2.0),
+            publish_timeout_s=_read(env, "LC_PUBLISH_TIMEOUT_S", _positive_float, 5.0),
             push_interval_s=_read(env, "LC_PUSH_INTERVAL_S", _non_negative_float, 0.25),
             sweep_interval_s=_read(env, "LC_SWEEP_INTERVAL_S", _non_negative_float, 1.0),
             allowed_origins=_read(env, "LC_ALLOWED_ORIGINS", _csv, ()),

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -128,13 +129,18 @@ async def platform_context(app: web.Application) -> AsyncIterator[None]:
     producer = create_producer(settings)
     await producer.start()
     app[REDIS] = redis
-    app[PUBLISHER] = EventPublisher(producer, app[METRICS])
+    app[PUBLISHER] = EventPublisher(producer, app[METRICS], settings.publish_timeout_s)
     app[READINESS].add("redis", redis_check(redis))
     app[READINESS].add("kafka", kafka_check(producer))
     try:
         yield
     finally:
-        await producer.stop()
+        try:
+            # Flushes what is buffered; bounded, so a stop with the broker away ends.
+            async with asyncio.timeout(10):
+                await producer.stop()
+        except TimeoutError:
+            log.warning("producer did not flush within 10 s; stopping without it")
         await redis.aclose()
 
 

@@ -6,7 +6,9 @@
 -- Returns {"applied" | "same" | "stale" | "missing", previous status, placed_ms}
 --
 -- Kafka delivers at least once: a redelivered or replayed outcome finds the order already
--- in (or past) the target state and changes nothing. The notification is published in the
+-- in (or past) the target state and changes nothing. Any outcome also proves the order's
+-- placement reached inventory, so it is marked published: a send that timed out here but
+-- was delivered later by the producer is never published again by a retry. The notification is published in the
 -- same script, so a transition that happened is always announced to the waiters.
 local current = redis.call('HMGET', KEYS[1], 'status', 'placed_ms')
 local status = current[1]
@@ -14,6 +16,7 @@ if not status then
   return {'missing', '', 0}
 end
 local placed_ms = tonumber(current[2]) or 0
+redis.call('HSET', KEYS[1], 'published', '1')
 if status == ARGV[3] then
   return {'same', status, placed_ms}
 end
