@@ -12,6 +12,9 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 KeyT = str | bytes
@@ -44,6 +47,13 @@ def create_redis(url: str) -> Redis:
         socket_timeout=5,
         socket_connect_timeout=2,
         health_check_interval=5,
+        # After Redis restarts, every pooled connection is dead: a command that meets one
+        # reconnects and runs again instead of failing a buyer's request. Only connection
+        # errors are retried; every script here is safe to run twice (dedup by order id,
+        # idempotency claims, state-machine transitions, absolute lot quantities).
+        retry=Retry(
+            ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)
+        ),
     )
     # from_pool: the client owns the pool, so `aclose()` also disconnects its connections
     # (`Redis(connection_pool=pool)` would leave them open).
