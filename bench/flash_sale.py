@@ -174,6 +174,33 @@ class SaleClient:
             )
         return session
 
+    async def start_sale(
+        self,
+        sku: str,
+        *,
+        units: int,
+        host_id: str,
+        price_cents: int,
+        per_user_limit: int,
+        warehouse_id: str = "wh-1",
+        title: str = "flash sale",
+    ) -> str:
+        """Stock `units` of `sku` in one lot, and a live session selling it; its id."""
+        await self.put_lot(sku, "LOT-A", warehouse_id=warehouse_id, quantity=units)
+        session = await self.create_live_session(
+            host_id=host_id,
+            title=title,
+            listings=[
+                {
+                    "sku": sku,
+                    "title": title,
+                    "price_cents": price_cents,
+                    "per_user_limit": per_user_limit,
+                }
+            ],
+        )
+        return str(session["session_id"])
+
     # ------------------------------------------------------------------ buying
 
     async def place_order(

@@ -34,15 +34,12 @@ def percentile(values: list[float], q: float) -> float:
 
 async def one_burst(client: SaleClient, args: argparse.Namespace) -> dict[str, float]:
     sku = f"bench-{uuid.uuid4().hex[:8]}"
-    await client.put_lot(sku, "LOT-1", warehouse_id="wh-bench", quantity=args.stock)
-    session = await client.create_live_session(
-        host_id="host-bench",
-        title="bench",
-        listings=[{"sku": sku, "title": "bench", "price_cents": 100, "per_user_limit": 2}],
+    session_id = await client.start_sale(
+        sku, units=args.stock, host_id="host-bench", price_cents=100, per_user_limit=2
     )
     result = await run_burst(
         client,
-        session_id=session["session_id"],
+        session_id=session_id,
         sku=sku,
         buyers=args.buyers,
         attempts=args.attempts,

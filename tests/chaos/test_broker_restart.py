@@ -86,17 +86,14 @@ async def test_services_ride_out_a_broker_restart(
             http, Endpoints(live_orders.url, inventory.url, "http://127.0.0.1:1", JWT_SECRET)
         )
         sku = "rice-restart"
-        await client.put_lot(sku, "LOT-1", warehouse_id="wh-1", quantity=100)
-        session = await client.create_live_session(
-            host_id="host-r",
-            title="restart",
-            listings=[{"sku": sku, "title": "rice", "price_cents": 900, "per_user_limit": 2}],
+        session_id = await client.start_sale(
+            sku, units=100, host_id="host-r", price_cents=900, per_user_limit=2
         )
 
         async def order(n: int) -> Any:
             return await client.place_order(
                 buyer=f"b{n}",
-                session_id=session["session_id"],
+                session_id=session_id,
                 sku=sku,
                 quantity=1,
                 key=f"k{n}",

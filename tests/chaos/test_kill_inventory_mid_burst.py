@@ -43,16 +43,13 @@ async def test_sigkill_of_an_inventory_process_mid_burst_loses_nothing(
             live_orders_urls=[p.url for p in live_orders],
         )
         sku = "crab-chaos"
-        await client.put_lot(sku, "LOT-A", warehouse_id="wh-1", quantity=STOCK)
-        session = await client.create_live_session(
-            host_id="host-chaos",
-            title="chaos",
-            listings=[{"sku": sku, "title": "crabs", "price_cents": 8800, "per_user_limit": LIMIT}],
+        session_id = await client.start_sale(
+            sku, units=STOCK, host_id="host-chaos", price_cents=8800, per_user_limit=LIMIT
         )
         # All of one SKU's orders share a partition, so one inventory process decides them
         # all: find it with a first order, and kill that one.
         warm_up = await client.place_order(
-            buyer="warm-up", session_id=session["session_id"], sku=sku, quantity=1, key="w"
+            buyer="warm-up", session_id=session_id, sku=sku, quantity=1, key="w"
         )
         assert warm_up.status == 201
         owner = await deciding_process(http, inventory)
@@ -65,7 +62,7 @@ async def test_sigkill_of_an_inventory_process_mid_burst_loses_nothing(
 
         result = await run_burst(
             client,
-            session_id=session["session_id"],
+            session_id=session_id,
             sku=sku,
             buyers=600,
             attempts=2500,

@@ -74,17 +74,14 @@ async def test_a_redis_restart_mid_sale_loses_nothing(
             http, Endpoints(live_orders.url, inventory.url, "http://127.0.0.1:1", JWT_SECRET)
         )
         sku = "tea-redis"
-        await client.put_lot(sku, "LOT-1", warehouse_id="wh-1", quantity=50)
-        session = await client.create_live_session(
-            host_id="host-rr",
-            title="redis restart",
-            listings=[{"sku": sku, "title": "tea", "price_cents": 700, "per_user_limit": 2}],
+        session_id = await client.start_sale(
+            sku, units=50, host_id="host-rr", price_cents=700, per_user_limit=2
         )
 
         async def order(n: int) -> Any:
             return await client.place_order(
                 buyer=f"b{n}",
-                session_id=session["session_id"],
+                session_id=session_id,
                 sku=sku,
                 quantity=1,
                 key=f"k{n}",

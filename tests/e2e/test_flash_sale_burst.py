@@ -87,22 +87,19 @@ async def stack(
 async def burst(stack: SaleStack) -> tuple[BurstResult, str, str]:
     client = stack.client
     sku = "crab-burst"
-    await client.put_lot(sku, "LOT-A", warehouse_id="wh-1", quantity=STOCK)
-    session = await client.create_live_session(
-        host_id="host-burst",
-        title="burst",
-        listings=[{"sku": sku, "title": "crabs", "price_cents": 8800, "per_user_limit": LIMIT}],
+    session_id = await client.start_sale(
+        sku, units=STOCK, host_id="host-burst", price_cents=8800, per_user_limit=LIMIT
     )
     result = await run_burst(
         client,
-        session_id=session["session_id"],
+        session_id=session_id,
         sku=sku,
         buyers=BUYERS,
         attempts=ATTEMPTS,
         max_quantity=LIMIT,
         concurrency=300,
     )
-    return result, sku, session["session_id"]
+    return result, sku, session_id
 
 
 async def order_states(client: SaleClient, result: BurstResult) -> dict[str, str]:

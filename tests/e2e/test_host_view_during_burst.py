@@ -120,16 +120,6 @@ class Subscriber:
         return self.frames[-1][1] if self.frames else None
 
 
-async def sale_session(client: SaleClient, sku: str) -> str:
-    await client.put_lot(sku, "LOT-A", warehouse_id="wh-1", quantity=STOCK)
-    session = await client.create_live_session(
-        host_id=HOST,
-        title="host view",
-        listings=[{"sku": sku, "title": "crabs", "price_cents": 6600, "per_user_limit": LIMIT}],
-    )
-    return str(session["session_id"])
-
-
 async def truth(client: SaleClient, result: BurstResult, sku: str) -> dict[str, Any]:
     """What the host should see, read back from live_orders and inventory."""
     gate = asyncio.Semaphore(100)
@@ -185,7 +175,9 @@ async def last_event_time(stack: Stack) -> float:
 
 async def watch(stack: Stack, sku: str) -> tuple[str, Subscriber, asyncio.Task[None]]:
     """A live session selling `sku`, and the host watching it from its first snapshot."""
-    session_id = await sale_session(stack.client, sku)
+    session_id = await stack.client.start_sale(
+        sku, units=STOCK, host_id=HOST, price_cents=6600, per_user_limit=LIMIT
+    )
     url = stack.notifier.url.replace("http", "ws", 1) + f"/v1/sessions/{session_id}/live"
     subscriber = Subscriber(url, stack.client.headers("host", HOST))
     reader = asyncio.create_task(subscriber.run(stack.client.http))

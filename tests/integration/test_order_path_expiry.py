@@ -40,22 +40,19 @@ async def client(
 
 
 async def reserve(client: SaleClient, sku: str, buyers: int) -> tuple[str, list[dict[str, Any]]]:
-    await client.put_lot(sku, "LOT-A", warehouse_id="wh-1", quantity=buyers)
-    session = await client.create_live_session(
-        host_id="host-exp",
-        title="expiry",
-        listings=[{"sku": sku, "title": "tea", "price_cents": 500, "per_user_limit": 1}],
+    session_id = await client.start_sale(
+        sku, units=buyers, host_id="host-exp", price_cents=500, per_user_limit=1
     )
     answers = await asyncio.gather(
         *(
             client.place_order(
-                buyer=f"b{i}", session_id=session["session_id"], sku=sku, quantity=1, key=f"k{i}"
+                buyer=f"b{i}", session_id=session_id, sku=sku, quantity=1, key=f"k{i}"
             )
             for i in range(buyers)
         )
     )
     assert [a.status for a in answers] == [201] * buyers
-    return session["session_id"], [a.body for a in answers]
+    return session_id, [a.body for a in answers]
 
 
 async def test_unpaid_holds_expire_and_the_units_come_back(client: SaleClient) -> None:
