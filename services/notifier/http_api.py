@@ -14,6 +14,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from services.common.auth import Principal, bearer_token, decode_token
+from services.common.background import stop_tasks
 from services.common.clock import now_rfc3339
 from services.common.problems import ProblemError, bad_request, json_response, not_found
 from services.common.web_app import SETTINGS, principal
@@ -224,9 +225,7 @@ async def serve_socket(
     finally:
         if outbox.close_code == 1013 and not ws.closed:
             metrics.slow_disconnects.labels(kind).inc()
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await stop_tasks(reader)
         if not ws.closed:
             with contextlib.suppress(ConnectionError):
                 await ws.close(code=outbox.close_code, message=outbox.close_reason.encode()[:120])
@@ -279,9 +278,7 @@ async def session_events(request: web.Request) -> web.StreamResponse:
     except (TimeoutError, ConnectionError):
         pass
     finally:
-        beat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await beat
+        await stop_tasks(beat)
         feed.unsubscribe(session_id, outbox)
         metrics.clients.labels("session_sse").dec()
     return response
