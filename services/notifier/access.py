@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from yarl import URL
 
 from services.common.auth import Principal, forbidden
 from services.common.problems import ProblemError, not_found
 from services.notifier.projection_store import ProjectionStore
+
+# How long a subscription to a session the notifier has not heard of yet waits for it.
+SESSION_GRACE_S = 2.0
 
 
 def check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
@@ -43,6 +48,13 @@ async def require_session_watcher(
     if who.role not in ("host", "admin"):
         raise not_found("no such session")
     session = await projection.session(session_id)
+    # A session reaches the notifier through Kafka (session.updated): a host who opens the
+    # dashboard right after creating the session must not get a 404 for the few
+    # milliseconds the event is in flight. Only an unknown session waits, and briefly.
+    deadline = asyncio.get_running_loop().time() + SESSION_GRACE_S
+    while session is None and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        session = await projection.session(session_id)
     if session is None or (who.role == "host" and session.host_id != who.sub):
         raise not_found("no such session")
 
