@@ -82,6 +82,7 @@ class Settings:
     rate_limit_per_s: float = 5.0
     order_wait_default_s: float = 2.0
     publish_timeout_s: float = 5.0
+    order_retention_s: int = 30 * 24 * 3600
     push_interval_s: float = 0.25
     sweep_interval_s: float = 1.0
     allowed_origins: tuple[str, ...] = ()
@@ -116,6 +117,7 @@ class Settings:
             rate_limit_per_s=_read(env, "LC_RATE_LIMIT_PER_S", _non_negative_float, 5.0),
             order_wait_default_s=_read(env, "LC_ORDER_WAIT_DEFAULT_S", _non_negative_float, 2.0),
             publish_timeout_s=_read(env, "LC_PUBLISH_TIMEOUT_S", _positive_float, 5.0),
+            order_retention_s=_read(env, "LC_ORDER_RETENTION_S", _positive_int, 30 * 24 * 3600),
             push_interval_s=_read(env, "LC_PUSH_INTERVAL_S", _non_negative_float, 0.25),
             sweep_interval_s=_read(env, "LC_SWEEP_INTERVAL_S", _non_negative_float, 1.0),
             allowed_origins=_read(env, "LC_ALLOWED_ORIGINS", _csv, ()),

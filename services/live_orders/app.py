@@ -61,7 +61,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
     metrics = app[LIVE_ORDERS_METRICS]
     keys = RedisKeys(settings.redis_prefix)
 
-    order_store = OrderStore(redis, keys)
+    order_store = OrderStore(redis, keys, settings.order_retention_s)
     session_store = SessionStore(redis, keys)
     sold_out = SoldOutSkus(redis, keys)
     waiters = OrderWaiters(order_store.get, metrics)

@@ -15,7 +15,7 @@ from typing import Literal, cast
 from redis.asyncio import Redis
 
 from services.common.redis_scripts import LuaScript
-from services.live_orders.domain import Order
+from services.live_orders.domain import FINAL_STATUSES, Order
 from services.live_orders.redis_keys import RedisKeys
 
 LUA = "services.live_orders.lua"
@@ -24,6 +24,9 @@ LUA = "services.live_orders.lua"
 IDEMPOTENCY_TTL_S = 24 * 3600
 # How long the creator of an order has to publish its event before a retry may take over.
 PUBLISH_LEASE_MS = 10_000
+# How long a final order stays readable (`LC_ORDER_RETENTION_S` overrides): Redis runs
+# with noeviction, so orders of past sales must leave on their own.
+DEFAULT_RETENTION_S = 30 * 24 * 3600
 
 ClaimOutcome = Literal["claimed", "replay", "mismatch", "limited"]
 TransitionOutcome = Literal["applied", "same", "stale", "missing"]
@@ -69,7 +72,10 @@ def _record(flat: Sequence[bytes]) -> dict[str, str]:
 
 
 class OrderStore:
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(
+        self, redis: Redis, keys: RedisKeys, retention_s: int = DEFAULT_RETENTION_S
+    ) -> None:
+        self._retention_s = retention_s
         self._redis = redis
         self._keys = keys
         self._claim = LuaScript(LUA, "claim_order.lua")
@@ -106,7 +112,15 @@ class OrderStore:
             [self._keys.order(order.order_id)],
             [now_ms, PUBLISH_LEASE_MS, *fields],
         )
-        return Created(Order.from_record(_record(stored)), bool(created), bool(publish))
+        result = Created(Order.from_record(_record(stored)), bool(created), bool(publish))
+        if result.created and result.order.final:
+            await self._expire(order.order_id)
+        return result
+
+    async def _expire(self, order_id: str) -> None:
+        """A final order is kept `retention_s` more, then Redis drops it. Best effort: a
+        missed EXPIRE only keeps one order longer."""
+        await self._redis.expire(self._keys.order(order_id), self._retention_s)
 
     async def mark_published(self, order_id: str) -> None:
         await self._redis.hset(self._keys.order(order_id), "published", "1")
@@ -145,9 +159,12 @@ class OrderStore:
                 *extra,
             ],
         )
-        return TransitionResult(
+        result = TransitionResult(
             cast(TransitionOutcome, outcome.decode()), previous.decode(), int(placed_ms)
         )
+        if result.outcome == "applied" and target in FINAL_STATUSES:
+            await self._expire(order_id)
+        return result
 
     async def claim_intent(
         self,

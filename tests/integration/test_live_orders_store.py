@@ -186,3 +186,23 @@ async def test_sold_out_orders_versioned_stock_events_by_version_not_offset(redi
     assert await sold_out.record("tea", sold_out=False, partition=1, offset=6, version=1)
     await sold_out.refresh()
     assert "tea" not in sold_out and "crab" in sold_out
+
+
+async def test_final_orders_expire_after_the_retention_and_live_ones_never(redis: Any) -> None:
+    keys = RedisKeys(new_prefix())
+    store = OrderStore(redis, keys, retention_s=3600)
+    await store.create(an_order("live"), now_ms=0)
+    await store.create(an_order("refused", "rejected"), now_ms=0)
+    assert await redis.ttl(keys.order("live")) == -1
+    assert 3590 < await redis.ttl(keys.order("refused")) <= 3600
+
+    reserved = await store.transition(
+        order_id="live", target="reserved", allowed_from=["pending"], now="t1", fields={}
+    )
+    assert reserved.outcome == "applied"
+    assert await redis.ttl(keys.order("live")) == -1, "a held order must not disappear"
+    paid = await store.transition(
+        order_id="live", target="paid", allowed_from=["reserved"], now="t2", fields={}
+    )
+    assert paid.outcome == "applied"
+    assert 3590 < await redis.ttl(keys.order("live")) <= 3600
