@@ -334,6 +334,27 @@ async def run_burst(
     return result
 
 
+async def read_back(
+    client: SaleClient, result: BurstResult, *, rounds: int = 1, concurrency: int = 100
+) -> dict[str, dict[str, Any]]:
+    """Every order the burst created, as live_orders has it now (order_id -> order).
+    Each read long-polls up to 10 s while the order is pending, `rounds` times at most."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def read(order_id: str, buyer: str) -> tuple[str, dict[str, Any]]:
+        async with gate:
+            for _ in range(rounds):
+                answer = await client.order(buyer=buyer, order_id=order_id, wait=10)
+                if answer.status != 200:
+                    raise ApiError(f"GET order {order_id} -> {answer.status}: {answer.body}")
+                if answer.body["status"] != "pending":
+                    break
+            return order_id, answer.body
+
+    pairs = await asyncio.gather(*(read(oid, o["buyer"]) for oid, o in result.final.items()))
+    return dict(pairs)
+
+
 async def pay_orders(
     client: SaleClient, orders: Sequence[dict[str, Any]], concurrency: int = 100
 ) -> list[Answer]:

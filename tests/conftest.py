@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +21,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from bench.flash_sale import Endpoints, SaleClient
 from deploy.local.stack import ROOT, free_port, start_kafka, start_redis, stop_process
 from services.common.auth import Role, mint_token
 from services.common.settings import Settings
+from services.inventory.app import create_app as create_inventory
+from services.live_orders.app import create_app as create_live_orders
 from tests.waiting import eventually
 
 JWT_SECRET = "test-secret-" + "x" * 24
@@ -223,6 +226,27 @@ async def wait_ready(
                 return False
 
         await eventually(ready, timeout=timeout, interval=0.2, what=f"{url}/readyz == 200")
+
+
+@pytest.fixture
+async def order_path(
+    make_settings: Callable[..., Settings],
+    run_app: Callable[..., Any],
+    http: aiohttp.ClientSession,
+) -> Callable[..., Awaitable[SaleClient]]:
+    """Start inventory and live_orders in this process (each with its own settings
+    overrides) and get a `SaleClient` on them."""
+
+    async def start(
+        *, inventory: dict[str, Any] | None = None, live_orders: dict[str, Any] | None = None
+    ) -> SaleClient:
+        stock = await run_app(create_inventory, make_settings("inventory", **(inventory or {})))
+        orders = await run_app(
+            create_live_orders, make_settings("live_orders", **(live_orders or {}))
+        )
+        return SaleClient(http, Endpoints(orders.url, stock.url, "http://127.0.0.1:1", JWT_SECRET))
+
+    return start
 
 
 @pytest.fixture

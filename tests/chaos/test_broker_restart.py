@@ -9,19 +9,16 @@ conserved.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from bench.flash_sale import Endpoints, SaleClient
+from bench.flash_sale import SaleClient
 from deploy.local.stack import free_port, start_kafka, stop_process
-from services.common.settings import Settings
-from services.inventory.app import create_app as create_inventory
-from services.live_orders.app import create_app as create_live_orders
-from tests.conftest import JWT_SECRET, wait_ready
+from tests.conftest import wait_ready
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.chaos
@@ -72,71 +69,65 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
 
 
 async def test_services_ride_out_a_broker_restart(
-    broker: Broker, make_settings: Callable[..., Settings], run_app: Callable[..., Any]
+    broker: Broker,
+    order_path: Callable[..., Awaitable[SaleClient]],
+    http: aiohttp.ClientSession,
 ) -> None:
-    bootstrap = broker.bootstrap
-    inventory = await run_app(
-        create_inventory, make_settings("inventory", kafka_bootstrap=bootstrap)
+    kafka = {"kafka_bootstrap": broker.bootstrap}
+    client = await order_path(inventory=kafka, live_orders=kafka)
+    live_orders_url, inventory_url = client.endpoints.live_orders, client.endpoints.inventory
+    sku = "rice-restart"
+    session_id = await client.start_sale(
+        sku, units=100, host_id="host-r", price_cents=900, per_user_limit=2
     )
-    live_orders = await run_app(
-        create_live_orders, make_settings("live_orders", kafka_bootstrap=bootstrap)
-    )
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        client = SaleClient(
-            http, Endpoints(live_orders.url, inventory.url, "http://127.0.0.1:1", JWT_SECRET)
+
+    async def order(n: int) -> Any:
+        return await client.place_order(
+            buyer=f"b{n}",
+            session_id=session_id,
+            sku=sku,
+            quantity=1,
+            key=f"k{n}",
+            wait=5,
         )
-        sku = "rice-restart"
-        session_id = await client.start_sale(
-            sku, units=100, host_id="host-r", price_cents=900, per_user_limit=2
-        )
 
-        async def order(n: int) -> Any:
-            return await client.place_order(
-                buyer=f"b{n}",
-                session_id=session_id,
-                sku=sku,
-                quantity=1,
-                key=f"k{n}",
-                wait=5,
-            )
+    before = await asyncio.gather(*(order(n) for n in range(10)))
+    assert [a.status for a in before] == [201] * 10
 
-        before = await asyncio.gather(*(order(n) for n in range(10)))
-        assert [a.status for a in before] == [201] * 10
+    await broker.stop()
+    for url in (live_orders_url, inventory_url):
 
-        await broker.stop()
-        for url in (live_orders.url, inventory.url):
+        async def unready(url: str = url) -> bool:
+            return await readyz(http, url) == 503
 
-            async def unready(url: str = url) -> bool:
-                return await readyz(http, url) == 503
+        await eventually(unready, timeout=20, what=f"{url} unready without Kafka")
+    during = await asyncio.gather(*(order(n) for n in range(10, 15)))
+    # A clear answer, never a 5xx other than 503 and never a silent loss.
+    assert {a.status for a in during} <= {201, 202, 503}, [a.status for a in during]
 
-            await eventually(unready, timeout=20, what=f"{url} unready without Kafka")
-        during = await asyncio.gather(*(order(n) for n in range(10, 15)))
-        # A clear answer, never a 5xx other than 503 and never a silent loss.
-        assert {a.status for a in during} <= {201, 202, 503}, [a.status for a in during]
+    await broker.start()
+    for url in (live_orders_url, inventory_url):
+        await wait_ready(url, timeout=60)
+    # Retrying with the same keys completes whatever the outage interrupted.
+    retried = await asyncio.gather(*(order(n) for n in range(10, 15)))
+    after = await asyncio.gather(*(order(n) for n in range(15, 25)))
+    for answer in (*retried, *after):
+        assert answer.status in (201, 202), answer
 
-        await broker.start()
-        for url in (live_orders.url, inventory.url):
-            await wait_ready(url, timeout=60)
-        # Retrying with the same keys completes whatever the outage interrupted.
-        retried = await asyncio.gather(*(order(n) for n in range(10, 15)))
-        after = await asyncio.gather(*(order(n) for n in range(15, 25)))
-        for answer in (*retried, *after):
-            assert answer.status in (201, 202), answer
+    accepted = {
+        a.body["order_id"]: f"b{n}"
+        for n, a in enumerate([*before, *retried, *after])
+        if a.status in (201, 202)
+    }
+    assert len(accepted) == 25
 
-        accepted = {
-            a.body["order_id"]: f"b{n}"
-            for n, a in enumerate([*before, *retried, *after])
-            if a.status in (201, 202)
-        }
-        assert len(accepted) == 25
+    async def all_decided() -> bool:
+        states = [
+            (await client.order(buyer=b, order_id=o, wait=1)).body["status"]
+            for o, b in accepted.items()
+        ]
+        return states == ["reserved"] * len(states)
 
-        async def all_decided() -> bool:
-            states = [
-                (await client.order(buyer=b, order_id=o, wait=1)).body["status"]
-                for o, b in accepted.items()
-            ]
-            return states == ["reserved"] * len(states)
-
-        await eventually(all_decided, timeout=60, interval=0.5, what="every order reserved")
-        stock = await client.sku(sku)
-        assert (stock["available"], stock["reserved"], stock["sold"]) == (75, 25, 0)
+    await eventually(all_decided, timeout=60, interval=0.5, what="every order reserved")
+    stock = await client.sku(sku)
+    assert (stock["available"], stock["reserved"], stock["sold"]) == (75, 25, 0)

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench.flash_sale import Endpoints, SaleClient, run_burst
+from bench.flash_sale import Endpoints, SaleClient, read_back, run_burst
 from services.common.settings import Settings
 from tests.conftest import JWT_SECRET, ServiceProcess, wait_ready
 
@@ -75,20 +75,9 @@ async def test_sigkill_of_an_inventory_process_mid_burst_loses_nothing(
         statuses = result.statuses()
         assert not [s for s in statuses if s >= 500], statuses
 
-        # Every accepted order reaches a decision (the long-poll waits for it).
-        gate = asyncio.Semaphore(100)
-
-        async def decided(order_id: str, buyer: str) -> str:
-            async with gate:
-                for _ in range(6):
-                    answer = await client.order(buyer=buyer, order_id=order_id, wait=10)
-                    if answer.body["status"] != "pending":
-                        return str(answer.body["status"])
-                return "pending"
-
-        states = await asyncio.gather(
-            *(decided(oid, o["buyer"]) for oid, o in result.final.items())
-        )
+        # Every accepted order reaches a decision (each read long-polls while pending).
+        orders = await read_back(client, result, rounds=6)
+        states = [orders[oid]["status"] for oid in result.final]
         assert "pending" not in states
         held_units = sum(
             o["quantity"]

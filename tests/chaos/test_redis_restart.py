@@ -8,19 +8,15 @@ one state and the stock is conserved.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
-from bench.flash_sale import Endpoints, SaleClient
+from bench.flash_sale import SaleClient
 from deploy.local.stack import free_port, start_redis, stop_process
-from services.common.settings import Settings
-from services.inventory.app import create_app as create_inventory
-from services.live_orders.app import create_app as create_live_orders
-from tests.conftest import JWT_SECRET, wait_ready
+from tests.conftest import wait_ready
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.chaos
@@ -59,66 +55,55 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 
 async def test_a_redis_restart_mid_sale_loses_nothing(
-    redis_server: RedisServer,
-    make_settings: Callable[..., Settings],
-    run_app: Callable[..., Any],
+    redis_server: RedisServer, order_path: Callable[..., Awaitable[SaleClient]]
 ) -> None:
-    inventory = await run_app(
-        create_inventory, make_settings("inventory", redis_url=redis_server.url)
+    redis = {"redis_url": redis_server.url}
+    client = await order_path(inventory=redis, live_orders=redis)
+    live_orders_url, inventory_url = client.endpoints.live_orders, client.endpoints.inventory
+    sku = "tea-redis"
+    session_id = await client.start_sale(
+        sku, units=50, host_id="host-rr", price_cents=700, per_user_limit=2
     )
-    live_orders = await run_app(
-        create_live_orders, make_settings("live_orders", redis_url=redis_server.url)
+
+    async def order(n: int) -> Any:
+        return await client.place_order(
+            buyer=f"b{n}",
+            session_id=session_id,
+            sku=sku,
+            quantity=1,
+            key=f"k{n}",
+            wait=5,
+        )
+
+    before = await asyncio.gather(*(order(n) for n in range(20)))
+    assert [a.status for a in before] == [201] * 20
+    paid = await client.pay(before[0].body["order_id"], 700, "pay-0")
+    assert paid.status == 200
+
+    await redis_server.stop()
+    during = await order(99)
+    assert during.status == 503, during  # a clear answer, nothing half done
+    await redis_server.start()
+    for url in (live_orders_url, inventory_url):
+        await wait_ready(url, timeout=30)
+
+    after = await asyncio.gather(*(order(n) for n in range(20, 30)))
+    assert [a.status for a in after] == [201] * 10
+
+    async def states() -> list[str]:
+        return [
+            (await client.order(buyer=f"b{n}", order_id=a.body["order_id"])).body["status"]
+            for n, a in enumerate([*before, *after])
+        ]
+
+    await eventually(lambda: _is(states(), ["paid"] + ["reserved"] * 29), what="every order kept")
+    stock = await client.sku(sku)
+    assert (stock["received"], stock["available"], stock["reserved"], stock["sold"]) == (
+        50,
+        20,
+        29,
+        1,
     )
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        client = SaleClient(
-            http, Endpoints(live_orders.url, inventory.url, "http://127.0.0.1:1", JWT_SECRET)
-        )
-        sku = "tea-redis"
-        session_id = await client.start_sale(
-            sku, units=50, host_id="host-rr", price_cents=700, per_user_limit=2
-        )
-
-        async def order(n: int) -> Any:
-            return await client.place_order(
-                buyer=f"b{n}",
-                session_id=session_id,
-                sku=sku,
-                quantity=1,
-                key=f"k{n}",
-                wait=5,
-            )
-
-        before = await asyncio.gather(*(order(n) for n in range(20)))
-        assert [a.status for a in before] == [201] * 20
-        paid = await client.pay(before[0].body["order_id"], 700, "pay-0")
-        assert paid.status == 200
-
-        await redis_server.stop()
-        during = await order(99)
-        assert during.status == 503, during  # a clear answer, nothing half done
-        await redis_server.start()
-        for url in (live_orders.url, inventory.url):
-            await wait_ready(url, timeout=30)
-
-        after = await asyncio.gather(*(order(n) for n in range(20, 30)))
-        assert [a.status for a in after] == [201] * 10
-
-        async def states() -> list[str]:
-            return [
-                (await client.order(buyer=f"b{n}", order_id=a.body["order_id"])).body["status"]
-                for n, a in enumerate([*before, *after])
-            ]
-
-        await eventually(
-            lambda: _is(states(), ["paid"] + ["reserved"] * 29), what="every order kept"
-        )
-        stock = await client.sku(sku)
-        assert (stock["received"], stock["available"], stock["reserved"], stock["sold"]) == (
-            50,
-            20,
-            29,
-            1,
-        )
 
 
 async def _is(value: Any, expected: Any) -> bool:

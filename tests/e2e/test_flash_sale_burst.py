@@ -7,7 +7,6 @@ replay), 3 (per-user limit), 4 (every accepted order reaches a decision).
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bench.flash_sale import BurstResult, Endpoints, SaleClient, run_burst
+from bench.flash_sale import BurstResult, Endpoints, SaleClient, read_back, run_burst
 from services.common.kafka_topics import Topics
 from tests.conftest import (
     JWT_SECRET,
@@ -103,16 +102,7 @@ async def burst(stack: SaleStack) -> tuple[BurstResult, str, str]:
 
 
 async def order_states(client: SaleClient, result: BurstResult) -> dict[str, str]:
-    gate = asyncio.Semaphore(100)
-
-    async def state(order_id: str, buyer: str) -> tuple[str, str]:
-        async with gate:
-            answer = await client.order(buyer=buyer, order_id=order_id, wait=10)
-            assert answer.status == 200, answer
-            return order_id, answer.body["status"]
-
-    pairs = await asyncio.gather(*(state(oid, o["buyer"]) for oid, o in result.final.items()))
-    return dict(pairs)
+    return {oid: order["status"] for oid, order in (await read_back(client, result)).items()}
 
 
 async def test_burst_reserves_exactly_the_stock(

@@ -20,7 +20,14 @@ import aiohttp
 import orjson
 import pytest
 
-from bench.flash_sale import BurstResult, Endpoints, SaleClient, pay_orders, run_burst
+from bench.flash_sale import (
+    BurstResult,
+    Endpoints,
+    SaleClient,
+    pay_orders,
+    read_back,
+    run_burst,
+)
 from services.common.clock import from_rfc3339
 from services.common.kafka_topics import Topics
 from services.common.settings import Settings
@@ -122,16 +129,7 @@ class Subscriber:
 
 async def truth(client: SaleClient, result: BurstResult, sku: str) -> dict[str, Any]:
     """What the host should see, read back from live_orders and inventory."""
-    gate = asyncio.Semaphore(100)
-
-    async def order(order_id: str, buyer: str) -> dict[str, Any]:
-        async with gate:
-            answer = await client.order(buyer=buyer, order_id=order_id, wait=10)
-            assert answer.status == 200
-            body: dict[str, Any] = answer.body
-            return body
-
-    orders = await asyncio.gather(*(order(oid, o["buyer"]) for oid, o in result.final.items()))
+    orders = list((await read_back(client, result)).values())
     states = Counter(o["status"] for o in orders)
     assert states["pending"] == 0
     reasons = Counter(o.get("reason") for o in orders if o["status"] == "rejected")

@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
-from bench.flash_sale import Answer, Endpoints, SaleClient
-from services.common.settings import Settings
-from services.inventory.app import create_app as create_inventory
-from services.live_orders.app import create_app as create_live_orders
-from tests.conftest import JWT_SECRET
+from bench.flash_sale import Answer, SaleClient
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -25,18 +20,8 @@ TTL_S = 2.0
 
 
 @pytest.fixture
-async def client(
-    make_settings: Callable[..., Settings], run_app: Callable[..., Any]
-) -> AsyncIterator[SaleClient]:
-    inventory = await run_app(
-        create_inventory,
-        make_settings("inventory", reservation_ttl_s=TTL_S, sweep_interval_s=0.1),
-    )
-    live_orders = await run_app(create_live_orders, make_settings("live_orders"))
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        yield SaleClient(
-            http, Endpoints(live_orders.url, inventory.url, "http://127.0.0.1:1", JWT_SECRET)
-        )
+async def client(order_path: Callable[..., Awaitable[SaleClient]]) -> SaleClient:
+    return await order_path(inventory={"reservation_ttl_s": TTL_S, "sweep_interval_s": 0.1})
 
 
 async def reserve(client: SaleClient, sku: str, buyers: int) -> tuple[str, list[dict[str, Any]]]:
