@@ -67,16 +67,21 @@ async def test_pump_sends_at_most_once_per_gap() -> None:
     sent: list[tuple[float, bytes]] = []
     loop = asyncio.get_running_loop()
 
+    newest_sent = asyncio.Event()
+
     async def send(frame: bytes) -> None:
         sent.append((loop.time(), frame))
+        if frame == b"29":
+            newest_sent.set()
 
     task = asyncio.create_task(
         pump(outbox, send, min_gap_s=0.1, send_timeout_s=1, on_sent=lambda: None)
     )
     for i in range(30):
         outbox.offer(str(i).encode())
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.15)
+        await asyncio.sleep(0.01)  # offers arrive faster than the gap lets frames out
+    async with asyncio.timeout(2):
+        await newest_sent.wait()
     outbox.close()
     await task
     gaps = [later - earlier for (earlier, _), (later, _) in itertools.pairwise(sent)]
