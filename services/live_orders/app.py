@@ -17,6 +17,7 @@ from aiohttp import web
 
 from services.common.background import stop_tasks
 from services.common.kafka_consumer import ConsumerRunner
+from services.common.redis_batch import TickPipeline
 from services.common.settings import Settings
 from services.common.web_app import (
     METRICS,
@@ -31,6 +32,7 @@ from services.common.web_app import (
 from services.live_orders.broadcast import BroadcastListener
 from services.live_orders.http_api import USE_CASES, UseCases, setup_routes
 from services.live_orders.metrics import LiveOrdersMetrics
+from services.live_orders.order_context import OrderContextCache
 from services.live_orders.order_store import OrderStore
 from services.live_orders.order_waiters import OrderWaiters
 from services.live_orders.orders import OrderLimits, OrderService
@@ -61,15 +63,20 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
     metrics = app[LIVE_ORDERS_METRICS]
     keys = RedisKeys(settings.redis_prefix)
 
-    order_store = OrderStore(redis, keys, settings.order_retention_s)
-    session_store = SessionStore(redis, keys)
+    # The commands of every request in one loop tick share one round trip (redis_batch.py).
+    pipeline = TickPipeline(redis)
+    order_store = OrderStore(redis, keys, settings.order_retention_s, pipeline)
+    session_store = SessionStore(redis, keys, pipeline)
+    contexts = OrderContextCache(session_store)
     sold_out = SoldOutSkus(redis, keys)
     waiters = OrderWaiters(order_store.get, metrics)
     app[USE_CASES] = UseCases(
-        sessions=SessionService(session_store, publisher, topics.sessions, settings.instance_id),
+        sessions=SessionService(
+            session_store, publisher, topics.sessions, settings.instance_id, contexts
+        ),
         orders=OrderService(
             orders=order_store,
-            sessions=session_store,
+            contexts=contexts,
             sold_out=sold_out,
             waiters=waiters,
             publisher=publisher,
@@ -82,7 +89,14 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
 
     # Listen before consuming: an outcome applied by this process's own consumer is then
     # always heard by its own waiters.
-    listener = BroadcastListener(redis, keys, waiters, sold_out, metrics)
+    listener = BroadcastListener(
+        redis=redis,
+        keys=keys,
+        waiters=waiters,
+        sold_out=sold_out,
+        contexts=contexts,
+        metrics=metrics,
+    )
     await listener.start()
     app[BROADCAST] = listener
     await sold_out.refresh()
@@ -92,7 +106,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         app,
         name="live_orders",
         topics=[topics.inventory],
-        handler=InventoryOutcomes(order_store, sold_out, metrics).handle,
+        handler=InventoryOutcomes(order_store, sold_out, metrics, redis, keys).handle,
     )
     await consumer.start()
     app[OUTCOME_CONSUMER] = consumer
@@ -107,3 +121,4 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         await consumer.stop()
         await stop_tasks(refresher)
         await listener.stop()
+        await pipeline.aclose()

@@ -1,9 +1,10 @@
 """The one Redis pub/sub listener of a live_orders process.
 
-It subscribes to the order-updates channel (wakes local waiters) and the stock channel
-(updates the local sold-out set). Pub/sub delivers only to connected subscribers, so after
-any connection error the listener subscribes again and then treats everything as changed:
-it wakes every waiter (they re-read their order) and refreshes the sold-out set.
+It subscribes to the order-updates channel (new order states for local waiters), the stock
+channel (updates the local sold-out set) and the sessions channel (drops cached session
+context). Pub/sub delivers only to connected subscribers, so after any connection error
+the listener subscribes again and then treats everything as changed: it wakes every
+waiter (they re-read their order), refreshes the sold-out set and empties the cache.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from redis.asyncio import Redis
 
 from services.common.background import cancel_requested, stop_tasks
 from services.live_orders.metrics import LiveOrdersMetrics
-from services.live_orders.order_waiters import OrderWaiters
+from services.live_orders.order_context import OrderContextCache
+from services.live_orders.order_waiters import OrderWaiters, decode_updates
 from services.live_orders.redis_keys import RedisKeys
 from services.live_orders.sold_out import SoldOutSkus
 
@@ -31,12 +33,15 @@ READ_TIMEOUT_S = 1.0
 class BroadcastListener:
     def __init__(
         self,
+        *,
         redis: Redis,
         keys: RedisKeys,
         waiters: OrderWaiters,
         sold_out: SoldOutSkus,
+        contexts: OrderContextCache,
         metrics: LiveOrdersMetrics,
     ) -> None:
+        self._contexts = contexts
         self._redis = redis
         self._keys = keys
         self._waiters = waiters
@@ -72,13 +77,18 @@ class BroadcastListener:
         while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(self._keys.order_updates_channel, self._keys.stock_channel)
+                await pubsub.subscribe(
+                    self._keys.order_updates_channel,
+                    self._keys.stock_channel,
+                    self._keys.sessions_channel,
+                )
                 self._last_read = time.monotonic()
                 self._subscribed.set()
                 if attempt:
                     # Whatever was announced while we were away is lost: re-read it all.
                     self._metrics.broadcast_reconnects.inc()
                     self._waiters.wake_all()
+                    self._contexts.clear()
                     await self._sold_out.refresh()
                 attempt = 0
                 while True:
@@ -101,9 +111,11 @@ class BroadcastListener:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
-        text = data.decode()
-        if channel.decode() == self._keys.order_updates_channel:
-            self._waiters.wake(text)
-            return
-        flag, _, sku = text.partition(" ")
-        self._sold_out.apply_local(sku, flag == "1")
+        name = channel.decode()
+        if name == self._keys.order_updates_channel:
+            self._waiters.apply(decode_updates(data))
+        elif name == self._keys.sessions_channel:
+            self._contexts.invalidate(data.decode())
+        else:
+            flag, _, sku = data.decode().partition(" ")
+            self._sold_out.apply_local(sku, flag == "1")

@@ -1,19 +1,22 @@
 """Orders, idempotency claims and the buyer token bucket in Redis.
 
-An order is a hash under `{o:<order_id>}`; every change to it is one Lua call that checks
-the state machine, so concurrent requests and redelivered events cannot move it twice.
-The buyer's token bucket and idempotency records live under `{b:<buyer>}` and are decided
-together in one call (`claim_order.lua`).
+An order is a hash under its buyer's `{u:<tag>}` slot (redis_keys.py); every change to it
+is one Lua call that checks the state machine, so concurrent requests and redelivered
+events cannot move it twice. Placing an order (token bucket, idempotency record, the
+order itself) is one call too (`place_order.lua`). Every command goes through the
+process's `TickPipeline`: the calls of all requests of one loop tick share a round trip.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
 from redis.asyncio import Redis
 
+from services.common.redis_batch import TickPipeline
 from services.common.redis_scripts import LuaScript
 from services.live_orders.domain import FINAL_STATUSES, Order
 from services.live_orders.redis_keys import RedisKeys
@@ -28,23 +31,31 @@ PUBLISH_LEASE_MS = 10_000
 # with noeviction, so orders of past sales must leave on their own.
 DEFAULT_RETENTION_S = 30 * 24 * 3600
 
-ClaimOutcome = Literal["claimed", "replay", "mismatch", "limited"]
+PlaceOutcome = Literal["claimed", "replay", "mismatch", "limited"]
 TransitionOutcome = Literal["applied", "same", "stale", "missing"]
 IntentOutcome = Literal["claimed", "held", "not_allowed", "missing"]
 
 
 @dataclass(frozen=True, slots=True)
-class Claim:
-    outcome: ClaimOutcome
+class Placement:
+    """What `place` did. `order` is the order as stored (None when limited or mismatch);
+    `created`: this call stored it; `publish`: this caller holds the lease to publish its
+    creation event."""
+
+    outcome: PlaceOutcome
     order_id: str = ""
+    order: Order | None = None
+    created: bool = False
+    publish: bool = False
     retry_after_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class Created:
-    order: Order
-    created: bool  # this call stored the order
-    publish: bool  # this caller holds the lease to publish the order's creation event
+class TransitionRequest:
+    order_id: str
+    target: str
+    allowed_from: Iterable[str]
+    fields: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,64 +84,76 @@ def _record(flat: Sequence[bytes]) -> dict[str, str]:
 
 class OrderStore:
     def __init__(
-        self, redis: Redis, keys: RedisKeys, retention_s: int = DEFAULT_RETENTION_S
+        self,
+        redis: Redis,
+        keys: RedisKeys,
+        retention_s: int = DEFAULT_RETENTION_S,
+        pipeline: TickPipeline | None = None,
     ) -> None:
         self._retention_s = retention_s
-        self._redis = redis
+        self._pipeline = pipeline or TickPipeline(redis)
         self._keys = keys
-        self._claim = LuaScript(LUA, "claim_order.lua")
-        self._create = LuaScript(LUA, "create_order.lua")
+        self._place = LuaScript(LUA, "place_order.lua")
         self._transition = LuaScript(LUA, "transition_order.lua")
         self._claim_intent = LuaScript(LUA, "claim_intent.lua")
 
-    async def claim(
+    async def place(
         self,
+        candidate: Order,
         *,
-        buyer_id: str,
         idempotency_key: str,
         fingerprint: str,
-        order_id: str,
         burst: int,
         per_s: float,
-    ) -> Claim:
-        outcome, value = await self._claim(
-            self._redis,
-            [self._keys.bucket(buyer_id), self._keys.idempotency(buyer_id, idempotency_key)],
-            [burst, per_s, order_id, fingerprint, IDEMPOTENCY_TTL_S],
-        )
-        kind = cast(ClaimOutcome, outcome.decode())
-        if kind == "limited":
-            return Claim(kind, retry_after_ms=int(value))
-        return Claim(kind, order_id=value.decode())
-
-    async def create(self, order: Order, now_ms: int) -> Created:
+        now_ms: int,
+    ) -> Placement:
+        """Claim `idempotency_key` for `candidate` (its order_id must start with its
+        buyer's tag) and store it, or find what an earlier request with the key made."""
+        buyer_id = candidate.buyer_id
         fields: list[str] = []
-        for name, value in order.to_record().items():
-            fields.extend((name, value))
-        created, publish, *stored = await self._create(
-            self._redis,
-            [self._keys.order(order.order_id)],
-            [now_ms, PUBLISH_LEASE_MS, *fields],
+        for name, value in candidate.to_record().items():
+            if name != "order_id":
+                fields.extend((name, value))
+        reply = await self._pipeline.script(
+            self._place,
+            [
+                self._keys.bucket(buyer_id),
+                self._keys.idempotency(buyer_id, idempotency_key),
+                self._keys.order(candidate.order_id),
+            ],
+            [
+                burst,
+                per_s,
+                candidate.order_id,
+                fingerprint,
+                IDEMPOTENCY_TTL_S,
+                now_ms,
+                PUBLISH_LEASE_MS,
+                self._keys.order_key_prefix,
+                self._retention_s,
+                *fields,
+            ],
         )
-        result = Created(Order.from_record(_record(stored)), bool(created), bool(publish))
-        if result.created and result.order.final:
-            await self._expire(order.order_id)
-        return result
-
-    async def _expire(self, order_id: str) -> None:
-        """A final order is kept `retention_s` more, then Redis drops it. Best effort: a
-        missed EXPIRE only keeps one order longer."""
-        await self._redis.expire(self._keys.order(order_id), self._retention_s)
+        outcome = cast(PlaceOutcome, reply[0].decode())
+        if outcome == "limited":
+            return Placement(outcome, retry_after_ms=int(reply[1]))
+        order_id = reply[1].decode()
+        if outcome == "mismatch":
+            return Placement(outcome, order_id=order_id)
+        created, publish = bool(reply[2]), bool(reply[3])
+        # Created by this call from the candidate: nothing to read back.
+        order = Order.from_record(_record(reply[4:])) if len(reply) > 4 else candidate
+        return Placement(outcome, order_id, order, created, publish)
 
     async def mark_published(self, order_id: str) -> None:
-        await self._redis.hset(self._keys.order(order_id), "published", "1")
+        await self._pipeline.command("HSET", self._keys.order(order_id), "published", "1")
 
     async def release_publish_lease(self, order_id: str) -> None:
         """The publish failed: let the next retry of the request publish at once."""
-        await self._redis.hset(self._keys.order(order_id), "lease_until", "0")
+        await self._pipeline.command("HSET", self._keys.order(order_id), "lease_until", "0")
 
     async def get(self, order_id: str) -> Order | None:
-        raw = await self._redis.hgetall(self._keys.order(order_id))
+        raw = await self._pipeline.command("HGETALL", self._keys.order(order_id))
         if not raw:
             return None
         return Order.from_record({as_text(k): as_text(v) for k, v in raw.items()})
@@ -144,27 +167,34 @@ class OrderStore:
         now: str,
         fields: dict[str, str],
     ) -> TransitionResult:
-        extra: list[str] = []
-        for name, value in fields.items():
-            extra.extend((name, value))
-        outcome, previous, placed_ms = await self._transition(
-            self._redis,
-            [self._keys.order(order_id)],
-            [
-                self._keys.order_updates_channel,
-                order_id,
-                target,
-                ",".join(allowed_from),
-                now,
-                *extra,
-            ],
+        (result,) = await self.transition_many(
+            [TransitionRequest(order_id, target, allowed_from, fields)], now=now
         )
-        result = TransitionResult(
-            cast(TransitionOutcome, outcome.decode()), previous.decode(), int(placed_ms)
-        )
-        if result.outcome == "applied" and target in FINAL_STATUSES:
-            await self._expire(order_id)
         return result
+
+    async def transition_many(
+        self, requests: Sequence[TransitionRequest], *, now: str
+    ) -> list[TransitionResult]:
+        """Apply outcomes to different orders; one round trip for all of them."""
+        futures = []
+        for request in requests:
+            extra: list[str] = []
+            for name, value in request.fields.items():
+                extra.extend((name, value))
+            retention = self._retention_s if request.target in FINAL_STATUSES else 0
+            futures.append(
+                self._pipeline.script(
+                    self._transition,
+                    [self._keys.order(request.order_id)],
+                    [request.target, ",".join(request.allowed_from), now, retention, *extra],
+                )
+            )
+        return [
+            TransitionResult(
+                cast(TransitionOutcome, outcome.decode()), previous.decode(), int(placed_ms)
+            )
+            for outcome, previous, placed_ms in await asyncio.gather(*futures)
+        ]
 
     async def claim_intent(
         self,
@@ -175,8 +205,8 @@ class OrderStore:
         payment_ref: str = "",
         amount_cents: int | None = None,
     ) -> IntentResult:
-        outcome, status, held, ref = await self._claim_intent(
-            self._redis,
+        outcome, status, held, ref = await self._pipeline.script(
+            self._claim_intent,
             [self._keys.order(order_id)],
             [
                 intent,

@@ -1,23 +1,86 @@
-"""Requests waiting for an order to change, woken through Redis pub/sub.
+"""Requests waiting for an order to change, and the announcements that wake them.
 
-Each process keeps its own waiters; the process that applies a transition (whichever
-consumed the inventory event) announces the order_id on the order-updates channel and every
-process's listener calls `wake`. A waiter registers first and reads the order second, so a
-decision that lands between the two is seen by the read, and one that lands after it sets
-the event: nothing is missed.
+Each process keeps its own waiters. The process that applies a batch of inventory
+outcomes (whichever consumed it) announces the new states in one message on the
+order-updates channel (`encode_updates`); every process's listener hands them to `apply`,
+and a waiter moves its copy of the order forward without reading Redis again. A waiter
+registers (`watch`) before its request publishes anything and reads the order (or takes
+the one it just stored) after registering, so an outcome applied between the two is
+seen by the read and one applied after it arrives as an update: nothing is missed.
+Updates only ever move an order forward in the state machine, so an announcement that
+overtook a read, or a replayed batch's, never moves it back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import dataclasses
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
-from services.live_orders.domain import Order
+import orjson
+
+from services.live_orders.domain import Order, OrderStatus
 from services.live_orders.metrics import LiveOrdersMetrics
 
-# Belt and braces: a waiter re-reads the order this often even without a wake-up, in case
-# a notification was lost while the pub/sub connection was being re-established.
+# Belt and braces: a waiter re-reads the order this often even without an update, in case
+# an announcement was lost (pub/sub reconnecting, or a consumer died before announcing).
 SAFETY_POLL_S = 2.0
+
+STATUS_RANK: dict[str, int] = {
+    "pending": 0,
+    "reserved": 1,
+    "rejected": 2,
+    "paid": 2,
+    "cancelled": 2,
+    "expired": 2,
+}
+
+# The order fields an outcome may set besides status and updated_at (domain.transition_fields).
+UPDATABLE_FIELDS = frozenset({"expires_at", "reason", "payment_ref"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    order_id: str
+    status: OrderStatus
+    updated_at: str
+    fields: dict[str, str]
+
+    def applied_to(self, order: Order) -> Order:
+        """`order` moved to this state; unchanged if it is there or further already."""
+        if STATUS_RANK[self.status] <= STATUS_RANK[order.status]:
+            return order
+        extra: dict[str, Any] = {k: v for k, v in self.fields.items() if k in UPDATABLE_FIELDS}
+        return dataclasses.replace(
+            order, status=self.status, updated_at=self.updated_at, published=True, **extra
+        )
+
+
+def encode_updates(updates: Sequence[OrderUpdate]) -> bytes:
+    return orjson.dumps([[u.order_id, u.status, u.updated_at, u.fields] for u in updates])
+
+
+def decode_updates(raw: bytes) -> list[OrderUpdate]:
+    return [OrderUpdate(*item) for item in orjson.loads(raw)]
+
+
+class Watch:
+    """One waiting request's view of one order."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.updates: list[OrderUpdate] = []
+        self.stale = False
+
+    def push(self, update: OrderUpdate) -> None:
+        self.updates.append(update)
+        self.event.set()
+
+    def invalidate(self) -> None:
+        self.stale = True
+        self.event.set()
 
 
 class OrderWaiters:
@@ -26,47 +89,76 @@ class OrderWaiters:
     ) -> None:
         self._read = read
         self._metrics = metrics
-        self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._waiting: dict[str, list[Watch]] = {}
 
     def __len__(self) -> int:
-        return sum(len(events) for events in self._waiting.values())
+        return sum(len(watches) for watches in self._waiting.values())
 
-    def wake(self, order_id: str) -> None:
-        for event in self._waiting.get(order_id, ()):
-            event.set()
+    def apply(self, updates: Sequence[OrderUpdate]) -> None:
+        for update in updates:
+            for watch in self._waiting.get(update.order_id, ()):
+                watch.push(update)
 
     def wake_all(self) -> None:
         """After the listener reconnected: anything may have happened meanwhile."""
-        for events in self._waiting.values():
-            for event in events:
-                event.set()
+        for watches in self._waiting.values():
+            for watch in watches:
+                watch.invalidate()
+
+    @contextmanager
+    def watch(self, order_id: str) -> Iterator[Watch]:
+        watch = Watch()
+        self._waiting.setdefault(order_id, []).append(watch)
+        self._metrics.waiters.inc()
+        try:
+            yield watch
+        finally:
+            self._metrics.waiters.dec()
+            watches = self._waiting.get(order_id)
+            if watches is not None:
+                watches.remove(watch)
+                if not watches:
+                    del self._waiting[order_id]
+
+    async def until(
+        self,
+        watch: Watch,
+        order_id: str,
+        done: Callable[[Order], bool],
+        timeout_s: float,
+        current: Order | None = None,
+    ) -> Order | None:
+        """The order once `done(order)` holds, or as it is when `timeout_s` ran out (None
+        if it does not exist). `current` is the order as read or stored after `watch`
+        was registered; without it the order is read first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        order = current if current is not None else await self._read(order_id)
+        while True:
+            watch.event.clear()
+            if watch.stale:
+                watch.stale = False
+                watch.updates.clear()
+                order = await self._read(order_id)
+            if order is not None:
+                for update in watch.updates:
+                    order = update.applied_to(order)
+            watch.updates.clear()
+            remaining = deadline - loop.time()
+            if order is None or done(order) or remaining <= 0:
+                return order
+            if watch.event.is_set():
+                continue
+            try:
+                async with asyncio.timeout(min(remaining, SAFETY_POLL_S)):
+                    await watch.event.wait()
+            except TimeoutError:
+                if loop.time() < deadline:
+                    watch.stale = True
 
     async def wait(
         self, order_id: str, done: Callable[[Order], bool], timeout_s: float
     ) -> Order | None:
-        """The order once `done(order)` holds, or as it is when `timeout_s` ran out
-        (None if it does not exist)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        event = asyncio.Event()
-        self._waiting.setdefault(order_id, set()).add(event)
-        self._metrics.waiters.inc()
-        try:
-            while True:
-                event.clear()
-                order = await self._read(order_id)
-                remaining = deadline - loop.time()
-                if order is None or done(order) or remaining <= 0:
-                    return order
-                try:
-                    async with asyncio.timeout(min(remaining, SAFETY_POLL_S)):
-                        await event.wait()
-                except TimeoutError:
-                    pass
-        finally:
-            self._metrics.waiters.dec()
-            events = self._waiting.get(order_id)
-            if events is not None:
-                events.discard(event)
-                if not events:
-                    del self._waiting[order_id]
+        """Register, read, wait: for a request that has nothing to publish first."""
+        with self.watch(order_id) as watch:
+            return await self.until(watch, order_id, done, timeout_s)

@@ -3,14 +3,14 @@
 live_orders decides only what it can decide alone (is the request valid, is it a replay,
 is the buyer over their rate, is the listing on sale, is the SKU known sold out); the
 reservation itself is inventory's. Requests record their intent atomically in the order
-store, publish it to the orders topic, then wait for the outcome to come back through
-the inventory consumer and Redis pub/sub (`OrderWaiters`).
+store (placing: one Lua call for the idempotency key, the rate limit and the order),
+publish it to the orders topic, then wait for the outcome to come back through the
+inventory consumer and Redis pub/sub (`OrderWaiters`), which hands over the new state.
 """
 
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +23,7 @@ from services.live_orders.domain import (
     FINAL_STATUSES,
     PAYABLE_FROM,
     InvalidInput,
+    Listing,
     NotFound,
     Order,
     RateLimited,
@@ -30,9 +31,10 @@ from services.live_orders.domain import (
     request_fingerprint,
 )
 from services.live_orders.metrics import LiveOrdersMetrics
+from services.live_orders.order_context import OrderContext, OrderContextCache
 from services.live_orders.order_store import OrderStore
 from services.live_orders.order_waiters import OrderWaiters
-from services.live_orders.session_store import SessionStore
+from services.live_orders.redis_keys import new_order_id
 from services.live_orders.sold_out import SoldOutSkus
 
 # How a payment or cancellation ended, for the HTTP layer: done (200), refused because of
@@ -65,7 +67,7 @@ class OrderService:
         self,
         *,
         orders: OrderStore,
-        sessions: SessionStore,
+        contexts: OrderContextCache,
         sold_out: SoldOutSkus,
         waiters: OrderWaiters,
         publisher: EventPublisher,
@@ -75,7 +77,7 @@ class OrderService:
         metrics: LiveOrdersMetrics,
     ) -> None:
         self._orders = orders
-        self._sessions = sessions
+        self._contexts = contexts
         self._sold_out = sold_out
         self._waiters = waiters
         self._publisher = publisher
@@ -100,39 +102,76 @@ class OrderService:
         after waiting up to `wait_s` for inventory's decision."""
         # Everything that can refuse the request without side effects comes first: a
         # refused request claims no key, spends no token, stores and publishes nothing.
-        session_status, listing = await self._sessions.order_context(session_id, sku)
-        if session_status is None:
+        context = await self._contexts.get(session_id, sku)
+        if context.session_status is None:
             raise NotFound("no such session")
+        listing = context.listing
         if listing is None:
             raise InvalidInput(f"sku {sku!r} is not listed in this session")
         check_quantity(listing, quantity)
 
-        claim = await self._orders.claim(
+        candidate = self._candidate(
             buyer_id=buyer_id,
+            session_id=session_id,
+            sku=sku,
+            quantity=quantity,
+            listing=listing,
+            context=context,
+        )
+        placement = await self._orders.place(
+            candidate,
             idempotency_key=idempotency_key,
             fingerprint=request_fingerprint(session_id, sku, quantity),
-            order_id=uuid.uuid4().hex,
             burst=self._limits.rate_limit_burst,
             per_s=self._limits.rate_limit_per_s,
+            now_ms=candidate.placed_ms,
         )
-        if claim.outcome == "limited":
+        if placement.outcome == "limited":
             self._metrics.rate_limited.inc()
-            raise RateLimited(max(1, math.ceil(claim.retry_after_ms / 1000)))
-        if claim.outcome == "mismatch":
+            raise RateLimited(max(1, math.ceil(placement.retry_after_ms / 1000)))
+        if placement.order is None:
             raise InvalidInput("this Idempotency-Key was already used with a different body")
 
-        # Claimed now, or a replay: either way the order is created here if it is not
-        # stored yet (the claimer may have died between its two Lua calls), and the first
-        # stored version wins.
+        # Claimed now, or a replay (then the order as the first request stored it).
+        order = placement.order
+        if placement.created:
+            self._metrics.order_outcomes.labels(
+                f"rejected_{order.reason}" if order.reason else "pending"
+            ).inc()
+            if order.reason == "sold_out":
+                self._metrics.fast_path_rejections.inc()
+        # Watch before publishing: the decision can come back before the send returns.
+        with self._waiters.watch(order.order_id) as watch:
+            if placement.publish:
+                await self._publish_creation(order)
+            if order.status == "pending" and wait_s > 0:
+                order = (
+                    await self._waiters.until(watch, order.order_id, _decided, wait_s, order)
+                    or order
+                )
+        return order
+
+    def _candidate(
+        self,
+        *,
+        buyer_id: str,
+        session_id: str,
+        sku: str,
+        quantity: int,
+        listing: Listing,
+        context: OrderContext,
+    ) -> Order:
+        """The order this request makes if its key is new: rejected at once when the
+        listing is not on sale or the SKU is known sold out, else pending."""
         now = utc_now()
         reason: str | None = None
-        if not listing.on_sale(session_status, now):
+        if not listing.on_sale(context.session_status or "", now):
             reason = "not_on_sale"
         elif sku in self._sold_out:
             reason = "sold_out"
         placed_at = to_rfc3339(now)
-        candidate = Order(
-            order_id=claim.order_id,
+        return Order(
+            order_id=new_order_id(buyer_id),
             status="rejected" if reason else "pending",
             session_id=session_id,
             sku=sku,
@@ -146,19 +185,6 @@ class OrderService:
             updated_at=placed_at,
             reason=reason,
         )
-        created = await self._orders.create(candidate, epoch_ms())
-        order = created.order
-        if created.created:
-            self._metrics.order_outcomes.labels(
-                f"rejected_{order.reason}" if order.reason else "pending"
-            ).inc()
-            if order.reason == "sold_out":
-                self._metrics.fast_path_rejections.inc()
-        if created.publish:
-            await self._publish_creation(order)
-        if order.status == "pending" and wait_s > 0:
-            order = await self._waiters.wait(order.order_id, _decided, wait_s) or order
-        return order
 
     async def _publish_creation(self, order: Order) -> None:
         if order.status == "pending":
@@ -251,25 +277,26 @@ class OrderService:
             return Answer("done" if current.status == "paid" else "refused", current)
         # Ours and not settled: publish (again, if this is a retry after the first
         # attempt died before publishing; inventory commits an order_id at most once).
-        await self._publisher.publish(
-            self._topic,
-            order.sku,
-            Envelope.create(
-                "order.paid",
-                {
-                    "order_id": order.order_id,
-                    "session_id": order.session_id,
-                    "sku": order.sku,
-                    "buyer_id": order.buyer_id,
-                    "quantity": order.quantity,
-                    "payment_ref": payment_ref,
-                    "amount_cents": amount_cents,
-                },
-                source=self._source,
-                dedup_key=order.order_id,
-            ),
-        )
-        settled = await self._settle(order_id, wait_s) or order
+        with self._waiters.watch(order_id) as watch:
+            await self._publisher.publish(
+                self._topic,
+                order.sku,
+                Envelope.create(
+                    "order.paid",
+                    {
+                        "order_id": order.order_id,
+                        "session_id": order.session_id,
+                        "sku": order.sku,
+                        "buyer_id": order.buyer_id,
+                        "quantity": order.quantity,
+                        "payment_ref": payment_ref,
+                        "amount_cents": amount_cents,
+                    },
+                    source=self._source,
+                    dedup_key=order.order_id,
+                ),
+            )
+            settled = await self._waiters.until(watch, order_id, _final, wait_s) or order
         if settled.status == "paid":
             return Answer("done", settled)
         if settled.final:
@@ -293,26 +320,27 @@ class OrderService:
         if claim.intent != "cancel":
             # A payment is in flight: it wins; answer with the order as it ends up.
             return Answer("refused", await self._settle(order_id, wait_s) or order)
-        if claim.status not in FINAL_STATUSES:
-            # Just claimed, or a retry of a cancellation whose first attempt may have died
-            # before publishing: inventory releases an order_id at most once.
-            await self._publisher.publish(
-                self._topic,
-                order.sku,
-                Envelope.create(
-                    "order.cancelled",
-                    {
-                        "order_id": order.order_id,
-                        "session_id": order.session_id,
-                        "sku": order.sku,
-                        "buyer_id": order.buyer_id,
-                        "quantity": order.quantity,
-                    },
-                    source=self._source,
-                    dedup_key=order.order_id,
-                ),
-            )
-        settled = await self._settle(order_id, wait_s) or order
+        with self._waiters.watch(order_id) as watch:
+            if claim.status not in FINAL_STATUSES:
+                # Just claimed, or a retry of a cancellation whose first attempt may have
+                # died before publishing: inventory releases an order_id at most once.
+                await self._publisher.publish(
+                    self._topic,
+                    order.sku,
+                    Envelope.create(
+                        "order.cancelled",
+                        {
+                            "order_id": order.order_id,
+                            "session_id": order.session_id,
+                            "sku": order.sku,
+                            "buyer_id": order.buyer_id,
+                            "quantity": order.quantity,
+                        },
+                        source=self._source,
+                        dedup_key=order.order_id,
+                    ),
+                )
+            settled = await self._waiters.until(watch, order_id, _final, wait_s) or order
         if settled.status == "cancelled":
             return Answer("done", settled)
         if settled.final:

@@ -7,12 +7,14 @@ is one Lua call and a read is one pipelined round trip.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal, cast
 
 import orjson
 from redis.asyncio import Redis
 
+from services.common.redis_batch import TickPipeline
 from services.common.redis_scripts import LuaScript
 from services.live_orders.domain import Listing, Session, SessionStatus
 from services.live_orders.redis_keys import RedisKeys
@@ -30,9 +32,10 @@ class MoveResult:
 
 
 class SessionStore:
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, pipeline: TickPipeline | None = None) -> None:
         self._redis = redis
         self._keys = keys
+        self._pipeline = pipeline or TickPipeline(redis)
         self._move = LuaScript(LUA, "session_status.lua")
         self._add_listing = LuaScript(LUA, "add_listing.lua")
 
@@ -79,10 +82,10 @@ class SessionStore:
     async def order_context(self, session_id: str, sku: str) -> tuple[str | None, Listing | None]:
         """The session's status and one listing, in one round trip: what placing an order
         needs, without reading every listing of a busy session."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hget(self._keys.session(session_id), "status")
-            pipe.hget(self._keys.listings(session_id), sku)
-            status, raw_listing = await pipe.execute()
+        status, raw_listing = await asyncio.gather(
+            self._pipeline.command("HGET", self._keys.session(session_id), "status"),
+            self._pipeline.command("HGET", self._keys.listings(session_id), sku),
+        )
         listing = Listing.from_record(orjson.loads(raw_listing)) if raw_listing else None
         return (status.decode() if status else None), listing
 
@@ -97,6 +100,10 @@ class SessionStore:
             self._redis, [self._keys.session(session_id)], [target, required, time_field, now]
         )
         return MoveResult(cast(MoveOutcome, outcome.decode()), previous.decode())
+
+    async def announce_change(self, session_id: str) -> None:
+        """Tell every live_orders process to drop its cached copy (order_context.py)."""
+        await self._redis.publish(self._keys.sessions_channel, session_id)
 
     async def add_listing(self, session_id: str, listing: Listing) -> AddListingOutcome:
         outcome = await self._add_listing(

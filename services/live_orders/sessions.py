@@ -18,6 +18,7 @@ from services.live_orders.domain import (
     Session,
     new_listing,
 )
+from services.live_orders.order_context import OrderContextCache
 from services.live_orders.session_store import SessionStore
 
 # How often a publisher re-sends when it finds the session changed under it (see _publish).
@@ -26,9 +27,15 @@ MAX_REPUBLISH = 5
 
 class SessionService:
     def __init__(
-        self, store: SessionStore, publisher: EventPublisher, topic: str, source: str
+        self,
+        store: SessionStore,
+        publisher: EventPublisher,
+        topic: str,
+        source: str,
+        contexts: OrderContextCache,
     ) -> None:
         self._store = store
+        self._contexts = contexts
         self._publisher = publisher
         self._topic = topic
         self._source = source
@@ -75,6 +82,7 @@ class SessionService:
         if result.outcome == "same":
             # Repeating start/end is harmless: answer the session as it is.
             return await self.get(session_id)
+        await self._changed(session_id)
         return await self._publish(session_id)
 
     async def add_listing(self, session_id: str, body: dict[str, Any], who: Principal) -> Listing:
@@ -87,8 +95,15 @@ class SessionService:
             raise Conflict("the session has ended; no listings can be added")
         if outcome == "duplicate":
             raise Conflict(f"sku {listing.sku!r} is already listed in this session")
+        await self._changed(session_id)
         await self._publish(session_id)
         return listing
+
+    async def _changed(self, session_id: str) -> None:
+        """Order placement in this process sees the change at once, in the others as soon
+        as the announcement reaches them."""
+        self._contexts.invalidate(session_id)
+        await self._store.announce_change(session_id)
 
     async def _publish(self, session_id: str) -> Session:
         """Publish the session as it is now. Two changes published concurrently may reach

@@ -1,5 +1,6 @@
 """live_orders' Lua scripts against a real Redis: the order state machine, the idempotency
-claim and token bucket, the publish lease, pay/cancel intents, sold-out offsets."""
+claim and token bucket in one placement call, the publish lease, pay/cancel intents,
+sold-out offsets."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ import pytest
 
 from services.common.redis_scripts import create_redis
 from services.live_orders.domain import OUTCOME_TRANSITIONS, Order
-from services.live_orders.order_store import PUBLISH_LEASE_MS, OrderStore
+from services.live_orders.order_store import (
+    PUBLISH_LEASE_MS,
+    OrderStore,
+    Placement,
+    TransitionRequest,
+)
 from services.live_orders.redis_keys import RedisKeys
 from services.live_orders.sold_out import SoldOutSkus
 from tests.conftest import Backends, new_prefix
-from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -46,97 +51,113 @@ def an_order(order_id: str, status: str = "pending") -> Order:
     )
 
 
-async def test_transitions_follow_the_state_machine_and_announce_only_changes(redis: Any) -> None:
-    keys = RedisKeys(new_prefix())
-    store = OrderStore(redis, keys)
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)
-    await pubsub.subscribe(keys.order_updates_channel)
-    expected_announcements: list[str] = []
-    try:
-        for status in STATUSES:
-            for event_type, rule in OUTCOME_TRANSITIONS.items():
-                order_id = f"{status}-{event_type}"
-                await store.create(an_order(order_id, status), now_ms=0)
-                kwargs = {
-                    "order_id": order_id,
-                    "target": rule.target,
-                    "allowed_from": rule.allowed_from,
-                    "now": "2030-01-01T00:00:01.000Z",
-                    "fields": {},
-                }
-                first = await store.transition(**kwargs)
-                again = await store.transition(**kwargs)
-                stored = await store.get(order_id)
-                assert stored is not None
-                if status in rule.allowed_from:
-                    assert first.outcome == "applied" and stored.status == rule.target
-                    assert again.outcome == "same"
-                    expected_announcements.append(order_id)
-                else:
-                    assert first.outcome in ("stale", "same") and stored.status == status
-        missing = await store.transition(
-            order_id="nope", target="reserved", allowed_from=("pending",), now="x", fields={}
-        )
-        assert missing.outcome == "missing"
-
-        heard: list[str] = []
-
-        async def all_heard() -> bool:
-            message = await pubsub.get_message(timeout=0.1)
-            if message is not None:
-                heard.append(message["data"].decode())
-            return heard == expected_announcements
-
-        await eventually(all_heard, timeout=5, what="one announcement per applied transition")
-    finally:
-        await pubsub.aclose()
+async def create(store: OrderStore, order: Order, now_ms: int = 0, key: str = "") -> Placement:
+    """Store `order` through the placement script (a key of its own, a bucket never empty)."""
+    return await store.place(
+        order,
+        idempotency_key=key or order.order_id,
+        fingerprint="f",
+        burst=10**6,
+        per_s=1000,
+        now_ms=now_ms,
+    )
 
 
-async def test_claim_replays_mismatches_and_rate_limits(redis: Any) -> None:
+async def test_transitions_follow_the_state_machine(redis: Any) -> None:
+    store = OrderStore(redis, RedisKeys(new_prefix()))
+    for status in STATUSES:
+        for event_type, rule in OUTCOME_TRANSITIONS.items():
+            order_id = f"{status}-{event_type}"
+            await create(store, an_order(order_id, status))
+            kwargs = {
+                "order_id": order_id,
+                "target": rule.target,
+                "allowed_from": rule.allowed_from,
+                "now": "2030-01-01T00:00:01.000Z",
+                "fields": {},
+            }
+            first = await store.transition(**kwargs)
+            again = await store.transition(**kwargs)
+            stored = await store.get(order_id)
+            assert stored is not None
+            if status in rule.allowed_from:
+                assert first.outcome == "applied" and stored.status == rule.target
+                assert again.outcome == "same"
+            else:
+                assert first.outcome in ("stale", "same") and stored.status == status
+    missing = await store.transition(
+        order_id="nope", target="reserved", allowed_from=("pending",), now="x", fields={}
+    )
+    assert missing.outcome == "missing"
+
+
+async def test_transitions_of_a_batch_share_one_round_trip_and_keep_their_own_results(
+    redis: Any,
+) -> None:
+    store = OrderStore(redis, RedisKeys(new_prefix()))
+    await asyncio.gather(*(create(store, an_order(f"o{n}")) for n in range(50)))
+    requests = [
+        TransitionRequest(f"o{n}", "reserved", ("pending",), {"expires_at": f"t{n}"})
+        for n in range(50)
+    ] + [
+        TransitionRequest("o0", "reserved", ("pending",), {}),
+        TransitionRequest("x", "paid", ("reserved",), {}),
+    ]
+    results = await store.transition_many(requests, now="t")
+    assert [r.outcome for r in results] == ["applied"] * 50 + ["same", "missing"]
+    stored = await store.get("o7")
+    assert stored is not None and stored.status == "reserved" and stored.expires_at == "t7"
+
+
+async def test_place_claims_replays_mismatches_and_rate_limits(redis: Any) -> None:
     store = OrderStore(redis, RedisKeys(new_prefix()))
 
-    async def claim(key: str, fingerprint: str = "f", order_id: str = "o") -> Any:
-        return await store.claim(
-            buyer_id="b1",
+    async def place(key: str, fingerprint: str = "f", order_id: str = "o") -> Placement:
+        return await store.place(
+            an_order(f"{order_id}-{key}"),
             idempotency_key=key,
             fingerprint=fingerprint,
-            order_id=f"{order_id}-{key}",
             burst=3,
             per_s=0.5,
+            now_ms=0,
         )
 
-    first = await claim("k1")
-    assert first.outcome == "claimed" and first.order_id == "o-k1"
+    first = await place("k1")
+    assert (first.outcome, first.order_id, first.created) == ("claimed", "o-k1", True)
     # Replays cost no token: many of them, then still two fresh claims fit in the burst.
-    replays = await asyncio.gather(*(claim("k1", order_id="other") for _ in range(20)))
-    assert {(r.outcome, r.order_id) for r in replays} == {("replay", "o-k1")}
-    mismatch = await claim("k1", fingerprint="g")
-    assert mismatch.outcome == "mismatch" and mismatch.order_id == "o-k1"
-    assert (await claim("k2")).outcome == "claimed"
-    assert (await claim("k3")).outcome == "claimed"
-    limited = await claim("k4")
+    replays = await asyncio.gather(*(place("k1", order_id="other") for _ in range(20)))
+    assert {(r.outcome, r.order_id, r.created) for r in replays} == {("replay", "o-k1", False)}
+    assert all(r.order is not None and r.order.order_id == "o-k1" for r in replays)
+    mismatch = await place("k1", fingerprint="g")
+    assert (mismatch.outcome, mismatch.order_id, mismatch.order) == ("mismatch", "o-k1", None)
+    assert (await place("k2")).outcome == "claimed"
+    assert (await place("k3")).outcome == "claimed"
+    limited = await place("k4")
     assert limited.outcome == "limited" and 1000 <= limited.retry_after_ms <= 2000
+    assert await store.get("o-k4") is None, "a refused attempt stores nothing"
     # A refused attempt claimed nothing: the same key is not a replay later.
-    assert (await claim("k4")).outcome == "limited"
+    assert (await place("k4")).outcome == "limited"
 
 
 async def test_create_once_and_the_publish_lease(redis: Any) -> None:
     store = OrderStore(redis, RedisKeys(new_prefix()))
-    first = await store.create(an_order("o1"), now_ms=1_000)
-    assert first.created and first.publish and first.order.status == "pending"
-    rival = await store.create(an_order("o1", status="rejected"), now_ms=1_001)
-    assert not rival.created and not rival.publish and rival.order.status == "pending"
+    first = await create(store, an_order("o1"), now_ms=1_000, key="k")
+    assert first.created and first.publish and first.order is not None
+    assert first.order.status == "pending"
+    rival = await create(store, an_order("o2", status="rejected"), now_ms=1_001, key="k")
+    assert not rival.created and not rival.publish and rival.order is not None
+    assert (rival.order.order_id, rival.order.status) == ("o1", "pending")
     # The creator died without publishing: once the lease ran out, a retry takes it.
-    retry = await store.create(an_order("o1"), now_ms=1_000 + PUBLISH_LEASE_MS)
+    retry = await create(store, an_order("o3"), now_ms=1_000 + PUBLISH_LEASE_MS, key="k")
     assert not retry.created and retry.publish
     await store.mark_published("o1")
-    later = await store.create(an_order("o1"), now_ms=10**12)
-    assert not later.publish and later.order.published
+    later = await create(store, an_order("o4"), now_ms=10**12, key="k")
+    assert not later.publish and later.order is not None and later.order.published
 
 
 async def test_one_intent_per_order(redis: Any) -> None:
     store = OrderStore(redis, RedisKeys(new_prefix()))
-    await store.create(an_order("o1", "reserved"), now_ms=0)
+    await create(store, an_order("o1", "reserved"))
     pay = await store.claim_intent(
         "o1", intent="pay", allowed_from=("reserved",), payment_ref="p1", amount_cents=100
     )
@@ -147,7 +168,7 @@ async def test_one_intent_per_order(redis: Any) -> None:
         "o1", intent="pay", allowed_from=("reserved",), payment_ref="p2", amount_cents=100
     )
     assert (other.outcome, other.payment_ref) == ("held", "p1")
-    await store.create(an_order("o2", "pending"), now_ms=0)
+    await create(store, an_order("o2", "pending"))
     early = await store.claim_intent(
         "o2", intent="pay", allowed_from=("reserved",), payment_ref="p1", amount_cents=100
     )
@@ -191,8 +212,8 @@ async def test_sold_out_orders_versioned_stock_events_by_version_not_offset(redi
 async def test_final_orders_expire_after_the_retention_and_live_ones_never(redis: Any) -> None:
     keys = RedisKeys(new_prefix())
     store = OrderStore(redis, keys, retention_s=3600)
-    await store.create(an_order("live"), now_ms=0)
-    await store.create(an_order("refused", "rejected"), now_ms=0)
+    await create(store, an_order("live"))
+    await create(store, an_order("refused", "rejected"))
     assert await redis.ttl(keys.order("live")) == -1
     assert 3590 < await redis.ttl(keys.order("refused")) <= 3600
 

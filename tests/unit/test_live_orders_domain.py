@@ -26,7 +26,12 @@ from services.live_orders.domain import (
     request_fingerprint,
 )
 from services.live_orders.metrics import LiveOrdersMetrics
-from services.live_orders.order_waiters import OrderWaiters
+from services.live_orders.order_waiters import (
+    OrderUpdate,
+    OrderWaiters,
+    decode_updates,
+    encode_updates,
+)
 from tests.waiting import eventually
 
 NOON = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
@@ -208,12 +213,52 @@ async def test_waiter_wakes_on_a_broadcast_and_unregisters() -> None:
         return len(waiters) > 0
 
     await eventually(registered, timeout=1, interval=0.001, what="waiter registered")
-    store.orders["o1"] = an_order(status="reserved")
-    waiters.wake("o1")
+    reads = store.reads
+    waiters.apply([OrderUpdate("o1", "reserved", "t2", {"expires_at": "t9"})])
     result = await asyncio.wait_for(task, 1)
-    assert result is not None and result.status == "reserved"
+    assert result is not None and (result.status, result.expires_at) == ("reserved", "t9")
+    assert store.reads == reads, "the update carries the new state: no re-read"
     assert len(waiters) == 0
     assert registry.get_sample_value("lc_live_orders_waiters") == 0
+
+
+async def test_updates_move_an_order_forward_only_and_survive_the_wire() -> None:
+    pending = an_order()
+    reserved = OrderUpdate("o1", "reserved", "t2", {"expires_at": "t9"})
+    paid = OrderUpdate("o1", "paid", "t3", {"payment_ref": "p1"})
+    assert decode_updates(encode_updates([reserved, paid])) == [reserved, paid]
+    moved = paid.applied_to(reserved.applied_to(pending))
+    assert (moved.status, moved.payment_ref, moved.expires_at) == ("paid", "p1", "t9")
+    # A late (replayed or overtaken) announcement never moves an order back.
+    assert reserved.applied_to(moved) is moved
+
+
+async def test_a_watch_registered_before_publishing_hears_an_early_decision() -> None:
+    store = FakeOrders()
+    store.orders["o1"] = an_order()
+    waiters, _ = waiters_for(store)
+    with waiters.watch("o1") as watch:
+        # Decided while the request was still publishing: the update waits in the watch.
+        waiters.apply([OrderUpdate("o1", "rejected", "t2", {"reason": "sold_out"})])
+        result = await waiters.until(watch, "o1", lambda o: o.status != "pending", 5, an_order())
+    assert result is not None and (result.status, result.reason) == ("rejected", "sold_out")
+    assert store.reads == 0
+
+
+async def test_waiters_reread_after_the_listener_reconnected() -> None:
+    store = FakeOrders()
+    store.orders["o1"] = an_order()
+    waiters, _ = waiters_for(store)
+    task = asyncio.create_task(waiters.wait("o1", lambda o: o.status != "pending", 5))
+
+    async def registered() -> bool:
+        return len(waiters) > 0
+
+    await eventually(registered, timeout=1, interval=0.001, what="waiter registered")
+    store.orders["o1"] = an_order(status="reserved")
+    waiters.wake_all()
+    result = await asyncio.wait_for(task, 1)
+    assert result is not None and result.status == "reserved"
 
 
 async def test_waiter_reads_after_registering_and_times_out_with_the_current_state() -> None:

@@ -1,5 +1,5 @@
 -- Decide atomically whether a payment or a cancellation may go to inventory.
--- KEYS[1] order hash   <prefix>lo:{o:<order_id>}:order
+-- KEYS[1] order hash   <prefix>lo:{u:<tag>}:order:<order_id>
 -- ARGV[1] intent: "pay" | "cancel"   ARGV[2] allowed statuses, comma separated
 -- ARGV[3] payment_ref (pay) or ""    ARGV[4] amount_cents (pay) or ""
 -- Returns {"claimed" | "held" | "not_allowed" | "missing", status, intent, payment_ref}

@@ -1,0 +1,110 @@
+"""One Redis pipeline per event-loop tick for every command issued in that tick.
+
+Under a burst aiohttp runs dozens of request handlers per loop iteration, and each used to
+pay redis-py's per-call machinery (pool checkout, retry wrapper, a write and a read
+syscall) for one command. `TickPipeline` queues the commands issued while the loop runs
+other callbacks and sends them as one non-transactional pipeline when the loop gets to
+it: one round trip and one pool checkout for the lot, so a command costs its packing and
+its reply parsing only (bench/RESULTS.md has the figures). Alone, a command waits for no
+one: the flush is scheduled with `call_soon`, not a timer.
+
+Each command keeps its own result or error. A NOSCRIPT reply (Redis restarted, SCRIPT
+FLUSH) loads the script and runs that command again: it did not run, so running it again
+is safe. Connection errors are retried by the client's `Retry` (every script here is safe
+to run twice) and otherwise fail every command of the flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from services.common.redis_scripts import ArgT, KeyT, LuaScript
+
+# A flush larger than this is split: one huge reply would hold the connection and the
+# loop for too long.
+MAX_COMMANDS_PER_FLUSH = 512
+
+_Queued = tuple[tuple[Any, ...], LuaScript | None, "asyncio.Future[Any]"]
+
+
+class TickPipeline:
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._queue: list[_Queued] = []
+        self._scheduled = False
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    @property
+    def redis(self) -> Redis:
+        return self._redis
+
+    def command(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one command (`"HGET", key, field`); its reply resolves the future."""
+        return self._enqueue(args, None)
+
+    def script(self, script: LuaScript, keys: list[KeyT], args: list[ArgT]) -> asyncio.Future[Any]:
+        """Queue one EVALSHA of `script`."""
+        return self._enqueue(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+
+    def _enqueue(self, args: tuple[Any, ...], script: LuaScript | None) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((args, script, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._start_flush)
+        return future
+
+    def _start_flush(self) -> None:
+        self._scheduled = False
+        queued, self._queue = self._queue, []
+        for start in range(0, len(queued), MAX_COMMANDS_PER_FLUSH):
+            chunk = queued[start : start + MAX_COMMANDS_PER_FLUSH]
+            task = asyncio.ensure_future(self._flush(chunk))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _flush(self, queued: list[_Queued]) -> None:
+        try:
+            replies = await self._send([args for args, _, _ in queued])
+            retry = [
+                i
+                for i, reply in enumerate(replies)
+                if isinstance(reply, NoScriptError) and queued[i][1] is not None
+            ]
+            if retry:
+                for script in {id(queued[i][1]): queued[i][1] for i in retry}.values():
+                    assert script is not None
+                    await self._redis.script_load(script.source)
+                again = await self._send([queued[i][0] for i in retry])
+                for i, reply in zip(retry, again, strict=True):
+                    replies[i] = reply
+        except BaseException as exc:
+            for _, _, future in queued:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, _, future), reply in zip(queued, replies, strict=True):
+            if future.done():  # the caller was cancelled
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for args in commands:
+                pipe.execute_command(*args)
+            return list(await pipe.execute(raise_on_error=False))
+
+    async def aclose(self) -> None:
+        """Wait for the flushes in flight (their callers are waiting for them)."""
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)

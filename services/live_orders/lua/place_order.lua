@@ -1,0 +1,106 @@
+-- Place an order in one atomic step: idempotency claim, the buyer's token bucket, and the
+-- order record (created once, or the right to publish it again).
+-- KEYS[1] token bucket hash     <prefix>lo:{u:<tag>}:bucket:<buyer>   (tokens, ts)
+-- KEYS[2] idempotency record    <prefix>lo:{u:<tag>}:idem:<buyer>:<Idempotency-Key>  ("<order_id>|<fingerprint>")
+-- KEYS[3] the new order's hash  <prefix>lo:{u:<tag>}:order:<ARGV[3]>
+-- ARGV[1] burst   ARGV[2] refill per second   ARGV[3] new order_id (starts with <tag>)
+-- ARGV[4] request fingerprint   ARGV[5] idempotency record TTL (s)
+-- ARGV[6] now (epoch ms)   ARGV[7] publish lease (ms)
+-- ARGV[8] order key prefix (`<prefix>lo:{u:`): the key of an order named by a stored record
+-- ARGV[9] retention of an order born final (s)
+-- ARGV[10..] field, value, ... of the new order, without order_id
+-- Returns {"limited", retry_after_ms}
+--       | {"mismatch", order_id}
+--       | {"claimed" | "replay", order_id, created (0|1), publish (0|1), field, value, ...}
+--         with the order's fields only when it was not created by this call.
+--
+-- All keys share the buyer's {u:<tag>} hash tag (order ids start with their buyer's tag),
+-- so this is one Redis Cluster slot. A repeated key is answered before the bucket is
+-- touched: a retry (or 50 identical requests sent at once) creates nothing new, costs no
+-- token and is never refused with 429. The order is created by whoever finds it missing
+-- (only this call writes it first, but a replayed key whose claim predates this script
+-- may name an order never stored), and whoever finds it unpublished with an expired lease
+-- takes the lease and publishes again (same deterministic event id; inventory dedups by
+-- order_id). The lease keeps concurrent duplicates from publishing many times.
+local order_id = ARGV[3]
+local order_key = KEYS[3]
+local outcome = 'claimed'
+local existing = redis.call('GET', KEYS[2])
+if existing then
+  local sep = string.find(existing, '|', 1, true)
+  order_id = string.sub(existing, 1, sep - 1)
+  if string.sub(existing, sep + 1) ~= ARGV[4] then
+    return {'mismatch', order_id}
+  end
+  outcome = 'replay'
+  order_key = ARGV[8] .. string.sub(order_id, 1, 4) .. '}:order:' .. order_id
+else
+  -- Server time, so every live_orders process refills the bucket by the same clock.
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local burst = tonumber(ARGV[1])
+  local rate = tonumber(ARGV[2])
+  local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+  local tokens = tonumber(state[1]) or burst
+  local ts = tonumber(state[2]) or now_ms
+  if now_ms > ts then
+    tokens = math.min(burst, tokens + (now_ms - ts) * rate / 1000)
+  end
+  -- The bucket disappears once it would be full again: idle buyers cost no memory.
+  local ttl_s = 3600
+  if rate > 0 then
+    ttl_s = math.ceil((burst - tokens + 1) / rate) + 1
+  end
+  if tokens < 1 then
+    redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now_ms))
+    redis.call('EXPIRE', KEYS[1], ttl_s)
+    local retry_ms = 60000
+    if rate > 0 then
+      retry_ms = math.ceil((1 - tokens) * 1000 / rate)
+    end
+    return {'limited', retry_ms}
+  end
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - 1), 'ts', tostring(now_ms))
+  redis.call('EXPIRE', KEYS[1], ttl_s)
+  redis.call('SET', KEYS[2], order_id .. '|' .. ARGV[4], 'EX', ARGV[5])
+end
+
+local now = tonumber(ARGV[6])
+local lease = tonumber(ARGV[7])
+if redis.call('EXISTS', order_key) == 0 then
+  local fields = {'order_id', order_id, 'published', '0', 'lease_until', tostring(now + lease)}
+  local final = false
+  for i = 10, #ARGV, 2 do
+    fields[#fields + 1] = ARGV[i]
+    fields[#fields + 1] = ARGV[i + 1]
+    if ARGV[i] == 'status' and ARGV[i + 1] == 'rejected' then
+      final = true
+    end
+  end
+  redis.call('HSET', order_key, unpack(fields))
+  if final then
+    -- Born rejected: it holds nothing, so it leaves after the retention like any final order.
+    redis.call('EXPIRE', order_key, ARGV[9])
+  end
+  if outcome == 'claimed' then
+    return {outcome, order_id, 1, 1}
+  end
+  local result = {outcome, order_id, 1, 1}
+  local stored = redis.call('HGETALL', order_key)
+  for i = 1, #stored do
+    result[#result + 1] = stored[i]
+  end
+  return result
+end
+local publish = 0
+local state = redis.call('HMGET', order_key, 'published', 'lease_until')
+if state[1] == '0' and (tonumber(state[2]) or 0) <= now then
+  redis.call('HSET', order_key, 'lease_until', tostring(now + lease))
+  publish = 1
+end
+local result = {outcome, order_id, 0, publish}
+local stored = redis.call('HGETALL', order_key)
+for i = 1, #stored do
+  result[#result + 1] = stored[i]
+end
+return result
