@@ -7,9 +7,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: help install system-deps fetch up down ps logs demo test test-unit test-integration \
-        lint typecheck fmt check bench token clean
+        lint typecheck fmt check bench bench-lua bench-aio-burst token clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -21,7 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	@touch $@
 
-system-deps: ## install redis-server and chromium from Debian when missing; check Java and Maven
+system-deps: ## install redis-server, wrk and chromium from Debian when missing; check Java and Maven
 	@deploy/local/install-system-deps.sh
 
 install: system-deps $(STAMP) ## everything a fresh machine needs: system packages, the virtualenv
@@ -64,8 +65,13 @@ fmt: $(STAMP) ## format and fix what ruff can
 
 check: lint typecheck test ## lint, typecheck and the whole suite
 
-bench: up ## benchmarks against the running stack: Lua batch sizes, HTTP bursts (figures only)
+bench: up ## wrk load harness: L0, order path, sold-out, launch burst; CPU/RSS (BENCH_ARGS=...)
+	@$(PY) -m bench.http_load --env-file .run/stack.env $(BENCH_ARGS)
+
+bench-lua: up ## decided orders/s by orders per Lua call (StockStore.reserve_batch on Redis)
 	@$(PY) -m bench.reserve_batch_sizes --env-file .run/stack.env
+
+bench-aio-burst: up ## bursts from an aiohttp client, 202s followed up: decided vs fast-path latency
 	@$(PY) -m bench.reserve_burst --env-file .run/stack.env
 
 token: $(STAMP) ## mint a token: make token ROLE=host SUB=host-1 [WAREHOUSE=wh-1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -114,7 +115,7 @@ class ConsumerRunner:
             max_poll_records=self._max_records,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=self._settings.kafka_fetch_max_wait_ms,
         )
         self._consumer.subscribe(self._topics, listener=_Rebalance(self))
         await self._consumer.start()
@@ -142,22 +143,23 @@ class ConsumerRunner:
         while True:
             batches = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
             self._last_poll = time.monotonic()
-            for tp, records in batches.items():
-                if not records:
-                    continue
-                async with self.processing:
-                    # The lock is taken per partition batch: a revocation waits for at most
-                    # one batch, not the whole poll.
-                    if self._stopping:
-                        return
-                    if tp not in consumer.assignment():
-                        continue
-                    await self._handle_partition(consumer, tp, records)
+            batches = {tp: records for tp, records in batches.items() if records}
+            if not batches:
+                continue
+            async with self.processing:
+                # The lock is held for one poll's batches: a revocation waits for them
+                # (at most max_records records), then their offsets are committed.
+                if self._stopping:
+                    return
+                owned = {tp: r for tp, r in batches.items() if tp in consumer.assignment()}
+                # Partitions hold different keys (SKUs, warehouses), so their batches are
+                # independent: handled at once, then committed in one request.
+                await asyncio.gather(*(self._handle_partition(r) for r in owned.values()))
+                await self._commit(consumer, owned)
 
-    async def _handle_partition(
-        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[ConsumerRecord]
-    ) -> None:
+    async def _handle_partition(self, records: list[ConsumerRecord]) -> None:
         events: list[ConsumedEvent] = []
+        counts: collections.Counter[str] = collections.Counter()
         for record in records:
             try:
                 envelope = decode(record.value)
@@ -174,22 +176,34 @@ class ConsumerRunner:
                     timestamp_ms=record.timestamp,
                 )
             )
-            self._metrics.events_consumed.labels(self.group, record.topic, envelope.type).inc()
+            counts[envelope.type] += 1
+        # Counted per batch, not per event: a labelled counter costs a lock and a lookup.
+        for kind, count in counts.items():
+            self._metrics.events_consumed.labels(self.group, records[0].topic, kind).inc(count)
         if events:
             await self._call_handler(events)
         self._metrics.consumer_batch_size.labels(self.group).observe(len(records))
-        next_offset = records[-1].offset + 1
+
+    async def _commit(
+        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        """One commit for every partition handled in this poll: a commit is a broker round
+        trip, and one per partition batch cost more than the batches' events."""
+        if not batches:
+            return
+        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
         try:
-            await consumer.commit({tp: OffsetAndMetadata(next_offset, "")})
+            await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
         except (CommitFailedError, KafkaError) as exc:
-            # The partition moved to another member mid-batch: it will replay the batch,
+            # A partition moved to another member mid-batch: it will replay the batch,
             # which the idempotent handler turns into no new effect.
             log.warning("commit failed", extra={"group": self.group, "error": repr(exc)})
-        highwater = consumer.highwater(tp)
-        if highwater is not None:
-            self._metrics.consumer_lag.labels(self.group, tp.topic, str(tp.partition)).set(
-                max(highwater - next_offset, 0)
-            )
+        for tp, next_offset in offsets.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                self._metrics.consumer_lag.labels(self.group, tp.topic, str(tp.partition)).set(
+                    max(highwater - next_offset, 0)
+                )
 
     async def _call_handler(self, events: list[ConsumedEvent]) -> None:
         attempt = 0

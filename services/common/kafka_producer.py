@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
@@ -15,14 +16,15 @@ from services.common.settings import Settings
 
 def create_producer(settings: Settings) -> AIOKafkaProducer:
     # acks=all + idempotence: an acknowledged event is on every in-sync replica and a
-    # retried send never duplicates it. A short linger batches the burst of one sale start
-    # (thousands of events a second) into few requests without slowing a lone event.
+    # retried send never duplicates it. aiokafka keeps one produce request in flight per
+    # broker, so the events of a burst batch up behind it; the linger is kept short
+    # (`LC_KAFKA_LINGER_MS`) because every hop of an order's path pays it.
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=settings.instance_id,
         acks="all",
         enable_idempotence=True,
-        linger_ms=5,
+        linger_ms=settings.kafka_linger_ms,
         max_batch_size=256 * 1024,
         request_timeout_ms=15_000,
     )
@@ -47,7 +49,24 @@ class EventPublisher:
         return self._producer
 
     async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
-        await self.publish_many([(topic, key, envelope)])
+        """One event: what `publish_many` does, without its task (a request's hot path)."""
+        value = encode(envelope)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        try:
+            # send() only waits for metadata or buffer room, and both give way to a
+            # cancellation; the delivery future is awaited below without cancelling it.
+            async with asyncio.timeout_at(deadline):
+                delivery = await self._producer.send(topic, value, key=key.encode())
+        except TimeoutError as exc:
+            raise KafkaTimeoutError(f"no room to send within {self._timeout_s} s") from exc
+        self._metrics.events_published.labels(topic, envelope.type).inc()
+        if not delivery.done():
+            await asyncio.wait((delivery,), timeout=max(deadline - loop.time(), 0))
+            if not delivery.done():
+                delivery.add_done_callback(_retrieve)
+                raise KafkaTimeoutError(f"no acknowledgement within {self._timeout_s} s")
+        delivery.result()
 
     async def publish_many(self, items: Iterable[tuple[str, str, Envelope]]) -> None:
         """Send all, then wait for every acknowledgement: one round of batched requests
@@ -79,7 +98,7 @@ class EventPublisher:
         await self._producer.send_and_wait(topic, value, key=key)
 
 
-def _retrieve(task: asyncio.Future[None]) -> None:
+def _retrieve(task: asyncio.Future[Any]) -> None:
     """Collect the outcome of a send abandoned after its timeout (it may still succeed)."""
     if not task.cancelled():
         task.exception()

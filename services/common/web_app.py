@@ -15,11 +15,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
+import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
-from services.common.auth import Principal, Role, authenticate, require_role
+from services.common.auth import Principal, Role, TokenVerifier, authenticate, require_role
 from services.common.json_logging import configure_logging
 from services.common.kafka_consumer import BatchHandler, ConsumerRunner
 from services.common.kafka_producer import EventPublisher, create_producer
@@ -39,6 +40,7 @@ READINESS = web.AppKey("readiness", Readiness)
 REDIS = web.AppKey("redis", Redis)
 PUBLISHER = web.AppKey("publisher", EventPublisher)
 TOPICS = web.AppKey("topics", Topics)
+VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -114,6 +116,7 @@ def create_base_app(settings: Settings, metrics: PlatformMetrics | None = None) 
     app[METRICS] = metrics
     app[READINESS] = Readiness()
     app[TOPICS] = Topics.with_prefix(settings.topic_prefix)
+    app[VERIFIER] = TokenVerifier(settings.jwt_secret)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
@@ -170,7 +173,7 @@ def consumer_for(
 
 def principal(request: web.Request, *roles: Role) -> Principal:
     """The caller, authenticated (401) and, when roles are given, authorized (403)."""
-    who = authenticate(request, request.app[SETTINGS].jwt_secret)
+    who = authenticate(request, request.app[VERIFIER])
     return require_role(who, *roles) if roles else who
 
 
@@ -196,8 +199,10 @@ async def read_json_body(request: web.Request, schema: str) -> dict[str, Any]:
 
 
 def run(app: web.Application, settings: Settings) -> None:
+    loop = uvloop.new_event_loop() if settings.event_loop == "uvloop" else asyncio.new_event_loop()
     web.run_app(
         app,
+        loop=loop,
         host=settings.http_host,
         port=settings.http_port,
         access_log=None,

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, cast
 
+import orjson
 from redis.asyncio import Redis
 
 from services.common.redis_batch import TickPipeline
@@ -131,7 +132,7 @@ class OrderStore:
                 PUBLISH_LEASE_MS,
                 self._keys.order_key_prefix,
                 self._retention_s,
-                *fields,
+                orjson.dumps(fields),
             ],
         )
         outcome = cast(PlaceOutcome, reply[0].decode())

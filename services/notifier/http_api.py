@@ -13,11 +13,11 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from services.common.auth import Principal, bearer_token, decode_token
+from services.common.auth import Principal, bearer_token
 from services.common.background import stop_tasks
 from services.common.clock import now_rfc3339
 from services.common.problems import ProblemError, bad_request, json_response, not_found
-from services.common.web_app import SETTINGS, principal
+from services.common.web_app import SETTINGS, VERIFIER, principal
 from services.notifier.access import (
     check_origin,
     require_session_watcher,
@@ -155,14 +155,14 @@ async def open_live_socket(
         )
     token = bearer_token(request)
     if token is not None:
-        await authorize(decode_token(settings.jwt_secret, token))
+        await authorize(request.app[VERIFIER].verify(token))
         await ws.prepare(request)
         return ws, True
     await ws.prepare(request)
     try:
         message = await ws.receive(timeout=FIRST_MESSAGE_AUTH_S)
         await authorize(
-            decode_token(settings.jwt_secret, _auth_message_token(message.type, message.data))
+            request.app[VERIFIER].verify(_auth_message_token(message.type, message.data))
         )
     except TimeoutError:
         await ws.close(code=POLICY_VIOLATION, message=b"no auth message within 5 s")

@@ -8,7 +8,8 @@
 -- ARGV[6] now (epoch ms)   ARGV[7] publish lease (ms)
 -- ARGV[8] order key prefix (`<prefix>lo:{u:`): the key of an order named by a stored record
 -- ARGV[9] retention of an order born final (s)
--- ARGV[10..] field, value, ... of the new order, without order_id
+-- ARGV[10] JSON array [field, value, ...] of the new order, without order_id (one argument,
+--          not twenty: the client's cost of a command grows with its argument count)
 -- Returns {"limited", retry_after_ms}
 --       | {"mismatch", order_id}
 --       | {"claimed" | "replay", order_id, created (0|1), publish (0|1), field, value, ...}
@@ -69,11 +70,12 @@ local now = tonumber(ARGV[6])
 local lease = tonumber(ARGV[7])
 if redis.call('EXISTS', order_key) == 0 then
   local fields = {'order_id', order_id, 'published', '0', 'lease_until', tostring(now + lease)}
+  local record = cjson.decode(ARGV[10])
   local final = false
-  for i = 10, #ARGV, 2 do
-    fields[#fields + 1] = ARGV[i]
-    fields[#fields + 1] = ARGV[i + 1]
-    if ARGV[i] == 'status' and ARGV[i + 1] == 'rejected' then
+  for i = 1, #record, 2 do
+    fields[#fields + 1] = record[i]
+    fields[#fields + 1] = record[i + 1]
+    if record[i] == 'status' and record[i + 1] == 'rejected' then
       final = true
     end
   end

@@ -1,0 +1,613 @@
+"""`make bench`: the order path at the machine's speed (issue #7), measured with wrk.
+
+One run measures, against the running stack (`make up`):
+
+  l0          an empty aiohttp JSON POST handler (bench/empty_handler.py, its own process):
+              the baseline every ratio is taken against
+  decided     POST /v1/sessions/{sid}/orders?wait=5 on a SKU with ample stock, every answer
+              a 201 decided by inventory over Kafka; at --connections and --low-connections
+  sold_out    the same on a sold-out SKU: 409 sold_out from live_orders' fast path
+  burst       the launch: --burst-attempts attempts by --burst-buyers buyers offered within
+              --burst-window s on a fresh SKU of --burst-units units, then an oversell check
+              through the inventory API
+
+and for each scenario: req/s, p50/p99 (wrk's histogram), answers by status, socket errors,
+the CPU time every process of the stack spent per answered request (/proc, after the
+consumers caught up, idle CPU subtracted) and wrk's own; RSS of each process before and
+after the load. `--runs N` repeats the whole set N times, interleaved, and reports medians
+and per-run ratios to L0. A table goes to stdout, a JSON line to bench/results/history.jsonl.
+
+    python -m bench.http_load --env-file .run/stack.env [--duration 10 --runs 3]
+    python -m bench.http_load --duration 3 --burst-attempts 20000 --burst-buyers 5000
+    python -m bench.http_load --profile live_orders          # py-spy flame graph
+
+Prints figures; never fails on a timing. Exit status 1: the stack is not running, wrk is
+missing, or a scenario could not be set up; 3: the launch burst broke an invariant (a 5xx,
+more units held or sold than stocked, more 201s than units, stock not conserved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+
+from bench.empty_handler import default_loop
+from bench.flash_sale import Answer, ApiError, Endpoints, SaleClient
+from bench.load_report import append, progress_line, record, render
+from bench.procstat import (
+    ProcError,
+    idle_rates,
+    rss_kib,
+    sample_cpu,
+    stack_pids,
+    wait_until_quiet,
+)
+from bench.wrk_runner import WrkError, WrkPlan, WrkResult, run_wrk, write_tokens
+from deploy.local.stack import (
+    ROOT,
+    SERVICES,
+    StackError,
+    free_port,
+    http_ok,
+    read_env_file,
+    run_dir,
+    wait_until,
+)
+from services.common.auth import mint_token
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCENARIOS = ("l0", "decided", "sold_out", "burst")
+HOST_ID = "host-bench"
+PROFILEABLE = (*SERVICES, "empty_handler")  # Python processes py-spy can sample
+FAST_PATH_METRIC = "lc_live_orders_fast_path_rejections_total"
+
+# Checks of the launch burst that are correctness, not speed: a failure fails `make bench`.
+# (all_attempts_sent/answered are reported only: socket errors are the machine's doing.)
+INVARIANTS = frozenset(
+    {"no_5xx", "reserved_plus_sold_within_units", "stock_conserved", "created_within_units"}
+)
+
+T = TypeVar("T")
+
+
+class BenchError(RuntimeError):
+    """A scenario could not be set up; the message says why."""
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario of one run."""
+
+    name: str  # l0, decided_64, decided_8, sold_out_64, burst
+    connections: int
+    wrk: WrkResult
+    cpu_s: dict[str, float]  # process -> CPU seconds used during the scenario, idle removed
+    cpu_raw_s: dict[str, float]  # the same with the idle share left in
+    window_s: float  # from the reading before the load to the one after it settled
+    settled: bool
+    settle_s: float  # how long the after-reading waited for the CPU to fall back to idle
+    profiled: str | None = None  # the flame graph written during this scenario
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def cpu_us_per_answer(self) -> dict[str, float]:
+        answered = max(self.wrk.answered, 1)
+        return {name: s * 1e6 / answered for name, s in self.cpu_s.items()}
+
+    def wrk_us_per_answer(self) -> float:
+        return self.wrk.wrk_cpu_s * 1e6 / max(self.wrk.answered, 1)
+
+
+@dataclass
+class Bench:
+    """What every scenario needs: the stack, its processes, the load generator's inputs."""
+
+    args: argparse.Namespace
+    client: SaleClient
+    http: aiohttp.ClientSession
+    endpoints: Endpoints
+    run_dir: Path
+    workdir: Path
+    nonce: str
+    handler_url: str
+    handler_pid: int
+    idle: dict[str, float] = field(default_factory=dict)
+    buyer_tokens: Path = Path()
+    profiled: bool = False  # py-spy runs once per invocation
+
+    def stack(self) -> dict[str, int]:
+        # Read again for every scenario: the services may have been restarted since.
+        return stack_pids(self.run_dir)
+
+    def timeout_s(self) -> int:
+        return int(self.args.wait) + 5
+
+    def orders_path(self, session_id: str) -> str:
+        return f"/v1/sessions/{session_id}/orders?wait={self.args.wait:g}"
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+async def measure(
+    bench: Bench, name: str, pids: Mapping[str, int], plan: WrkPlan, **extra: Any
+) -> ScenarioResult:
+    """Run `plan` and attribute the CPU time of `pids` (before -> after the load and the
+    asynchronous work it queued) to its answers."""
+    before = sample_cpu(pids)
+    profiler = start_profiler(bench, name, plan)
+    try:
+        result = await asyncio.to_thread(run_wrk, plan, bench.workdir, name)
+    finally:
+        profiled = finish_profiler(profiler)
+    quiet = await wait_until_quiet(
+        pids,
+        bench.idle,
+        margin_cores=bench.args.settle_margin,
+        deadline_s=bench.args.settle_timeout,
+    )
+    window = quiet.sample.at - before.at
+    raw = quiet.sample.seconds_since(before)
+    net = {n: max(0.0, used - bench.idle.get(n, 0.0) * window) for n, used in raw.items()}
+    scenario = ScenarioResult(
+        name=name,
+        connections=plan.connections,
+        wrk=result,
+        cpu_s=net,
+        cpu_raw_s=raw,
+        window_s=window,
+        settled=quiet.settled,
+        settle_s=quiet.waited_s,
+        profiled=profiled,
+        extra=dict(extra),
+    )
+    print(progress_line(scenario), flush=True)
+    return scenario
+
+
+@dataclass
+class Profiler:
+    proc: subprocess.Popen[bytes]
+    output: Path
+
+
+def start_profiler(bench: Bench, scenario: str, plan: WrkPlan) -> Profiler | None:
+    args = bench.args
+    if args.profile is None or scenario != args.profile_scenario or bench.profiled:
+        return None
+    bench.profiled = True
+    pid = bench.handler_pid if args.profile == "empty_handler" else bench.stack()[args.profile]
+    py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    if py_spy is None:
+        raise BenchError("py-spy not found: `make install` installs requirements-dev.txt")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    output = RESULTS / f"{args.profile}-{scenario}-{stamp}.svg"
+    duration = args.profile_duration or plan.duration_s
+    log = (bench.workdir / f"py-spy-{scenario}.txt").open("wb")
+    with log:
+        proc = subprocess.Popen(
+            [py_spy, "record", "-o", str(output), "--pid", str(pid), "--duration", str(duration)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return Profiler(proc, output)
+
+
+def finish_profiler(profiler: Profiler | None) -> str | None:
+    if profiler is None:
+        return None
+    # A timed scenario's py-spy ends with wrk (same duration); the burst's runs until
+    # wrk's deadline unless told: Ctrl-C makes py-spy write what it sampled and exit.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        profiler.proc.wait(timeout=5)
+    if profiler.proc.poll() is None:
+        profiler.proc.send_signal(signal.SIGINT)
+    try:
+        profiler.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        profiler.proc.kill()
+        profiler.proc.wait()
+    if profiler.proc.returncode != 0 or not profiler.output.exists():
+        print(f"py-spy exited with {profiler.proc.returncode}: no flame graph", flush=True)
+        return None
+    return str(profiler.output.relative_to(ROOT))
+
+
+# ---------------------------------------------------------------------------- set-up helpers
+
+
+def mint_buyers(bench: Bench, path: Path, prefix: str, count: int) -> Path:
+    """`count` buyer tokens (sub `<prefix>-<i>`), one per line, for orders.lua."""
+    secret = bench.endpoints.jwt_secret
+    ttl = 12 * 3600
+    write_tokens(
+        path,
+        (mint_token(secret, sub=f"{prefix}-{i}", role="buyer", ttl_s=ttl) for i in range(count)),
+    )
+    return path
+
+
+async def place(bench: Bench, session_id: str, sku: str, buyer: str, *, wait: float = 5) -> Answer:
+    return await bench.client.place_order(
+        buyer=buyer, session_id=session_id, sku=sku, quantity=1, key=uuid.uuid4().hex, wait=wait
+    )
+
+
+async def fast_path_count(bench: Bench) -> float | None:
+    """live_orders' count of attempts refused as sold out without asking inventory, from
+    its /metrics (None if that metric is not exported)."""
+    async with bench.http.get(f"{bench.endpoints.live_orders}/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith(FAST_PATH_METRIC + " "):
+            return float(line.split()[1])
+    return None
+
+
+async def poll(
+    what: str, deadline_s: float, probe: Callable[[], Awaitable[T]], interval_s: float = 0.2
+) -> T:
+    """Call `probe` until it returns something true; that value."""
+    end = time.monotonic() + deadline_s
+    last: T | None = None
+    while time.monotonic() < end:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval_s)  # polling interval
+    raise BenchError(f"{what}: not within {deadline_s:.0f}s (last: {last!r})")
+
+
+def timed_plan(bench: Bench, base_url: str, path: str, sku: str, connections: int) -> WrkPlan:
+    return WrkPlan(
+        base_url=base_url,
+        path=path,
+        sku=sku,
+        tokens_file=bench.buyer_tokens,
+        nonce=f"{bench.nonce}-{uuid.uuid4().hex[:8]}",
+        connections=connections,
+        threads=bench.args.threads,
+        duration_s=bench.args.duration,
+        timeout_s=bench.timeout_s(),
+    )
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+async def scenario_l0(bench: Bench) -> list[ScenarioResult]:
+    plan = timed_plan(
+        bench,
+        bench.handler_url,
+        "/v1/sessions/l0/orders?wait=5",
+        "l0",
+        bench.args.connections,
+    )
+    return [await measure(bench, "l0", {"empty_handler": bench.handler_pid}, plan)]
+
+
+async def scenario_decided(bench: Bench) -> list[ScenarioResult]:
+    sku = f"bench-{uuid.uuid4().hex[:8]}"
+    session_id = await bench.client.start_sale(
+        sku,
+        units=bench.args.stock,
+        host_id=HOST_ID,
+        price_cents=100,
+        per_user_limit=bench.args.per_user_limit,
+    )
+    warmup = f"bench-{bench.nonce}-warmup"
+
+    async def reserved() -> bool:
+        return (await place(bench, session_id, sku, warmup)).status == 201
+
+    await poll("a 201 from the decided path", 30, reserved)
+    results = []
+    for connections in (bench.args.connections, bench.args.low_connections):
+        plan = timed_plan(
+            bench, bench.endpoints.live_orders, bench.orders_path(session_id), sku, connections
+        )
+        results.append(await measure(bench, f"decided_{connections}", bench.stack(), plan))
+    return results
+
+
+async def scenario_sold_out(bench: Bench) -> list[ScenarioResult]:
+    sku = f"bench-{uuid.uuid4().hex[:8]}"
+    session_id = await bench.client.start_sale(
+        sku, units=1, host_id=HOST_ID, price_cents=100, per_user_limit=1
+    )
+    sold = await place(bench, session_id, sku, f"bench-{bench.nonce}-seller")
+    if sold.status != 201:
+        raise BenchError(f"selling the one unit of {sku} answered {sold.status}: {sold.body}")
+    probes = iter(range(1_000_000))
+    counted = await fast_path_count(bench)
+
+    async def refused_by_fast_path() -> bool:
+        # A fresh buyer per probe: probes spend rate-limit tokens too.
+        answer = await place(bench, session_id, sku, f"bench-{bench.nonce}-probe-{next(probes)}")
+        body = answer.body if isinstance(answer.body, dict) else {}
+        if answer.status != 409 or body.get("reason") != "sold_out":
+            return False
+        # The first sold_out answers may still be inventory's decision; wait until
+        # live_orders itself knows (its fast-path counter moves), when the metric exists.
+        nonlocal counted
+        now = await fast_path_count(bench)
+        moved = counted is None or now is None or now > counted
+        counted = now
+        return moved
+
+    await poll("a 409 sold_out from the fast path", 30, refused_by_fast_path)
+    before = await fast_path_count(bench)
+    plan = timed_plan(
+        bench,
+        bench.endpoints.live_orders,
+        bench.orders_path(session_id),
+        sku,
+        bench.args.connections,
+    )
+    result = await measure(bench, f"sold_out_{bench.args.connections}", bench.stack(), plan)
+    after = await fast_path_count(bench)
+    if before is not None and after is not None:
+        result.extra["fast_path_rejections"] = int(after - before)
+    return [result]
+
+
+async def scenario_burst(bench: Bench, run: int) -> list[ScenarioResult]:
+    args = bench.args
+    sku = f"bench-{uuid.uuid4().hex[:8]}"
+    tokens = mint_buyers(
+        bench,
+        bench.workdir / f"burst-buyers-{run}.txt",
+        f"bench-{bench.nonce}-r{run}-burst",
+        args.burst_buyers,
+    )
+    session_id = await bench.client.start_sale(
+        sku,
+        units=args.burst_units,
+        host_id=HOST_ID,
+        price_cents=100,
+        per_user_limit=args.burst_per_user_limit,
+    )
+    plan = WrkPlan(
+        base_url=bench.endpoints.live_orders,
+        path=bench.orders_path(session_id),
+        sku=sku,
+        tokens_file=tokens,
+        nonce=f"{bench.nonce}-{uuid.uuid4().hex[:8]}",
+        connections=args.burst_connections,
+        threads=args.threads,
+        duration_s=args.burst_deadline,
+        timeout_s=bench.timeout_s(),
+        quota=args.burst_attempts,
+        window_s=args.burst_window,
+    )
+    result = await measure(bench, "burst", bench.stack(), plan)
+    stock = await bench.client.sku(sku)
+    received, available = int(stock["received"]), int(stock["available"])
+    reserved, sold = int(stock["reserved"]), int(stock["sold"])
+    created = result.wrk.statuses.get(201, 0)
+    result.extra.update(
+        sku=sku,
+        units=args.burst_units,
+        attempts=args.burst_attempts,
+        buyers=args.burst_buyers,
+        window_s=args.burst_window,
+        inventory={
+            "received": received,
+            "available": available,
+            "reserved": reserved,
+            "sold": sold,
+        },
+        checks={
+            "no_5xx": result.wrk.errors_5xx == 0,
+            "reserved_plus_sold_within_units": reserved + sold <= args.burst_units,
+            "stock_conserved": available + reserved + sold == received,
+            "created_within_units": created <= args.burst_units,
+            "all_attempts_sent": result.wrk.sent == args.burst_attempts,
+            "all_attempts_answered": result.wrk.answered == args.burst_attempts,
+        },
+    )
+    return [result]
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@contextlib.contextmanager
+def empty_handler(workdir: Path, loop: str) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    log = workdir / "empty_handler.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.empty_handler", "--port", str(port), "--loop", loop],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until("bench.empty_handler", lambda: http_ok(f"{url}/healthz"), 20, proc, log)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def rss_all(bench: Bench) -> dict[str, int]:
+    pids = {**bench.stack(), "empty_handler": bench.handler_pid}
+    return {name: rss_kib(pid) for name, pid in pids.items()}
+
+
+async def run_all(bench: Bench) -> dict[str, Any]:
+    args = bench.args
+    selected = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    bench.buyer_tokens = mint_buyers(
+        bench, bench.workdir / "buyers.txt", f"bench-{bench.nonce}-buyer", args.buyers
+    )
+    pids = {**bench.stack(), "empty_handler": bench.handler_pid}
+    rss_idle = rss_all(bench)
+    print(f"measuring idle CPU for {args.idle_seconds:g}s ...", flush=True)
+    bench.idle = await idle_rates(pids, args.idle_seconds)
+    runs: list[list[ScenarioResult]] = []
+    for run in range(1, args.runs + 1):
+        print(f"-- run {run}/{args.runs}", flush=True)
+        results: list[ScenarioResult] = []
+        for scenario in selected:
+            if scenario == "l0":
+                results += await scenario_l0(bench)
+            elif scenario == "decided":
+                results += await scenario_decided(bench)
+            elif scenario == "sold_out":
+                results += await scenario_sold_out(bench)
+            else:
+                results += await scenario_burst(bench, run)
+        runs.append(results)
+    rss_after = rss_all(bench)
+    if args.profile and not bench.profiled:
+        print(f"no scenario named {args.profile_scenario} ran: nothing profiled", flush=True)
+    return record(
+        args=vars(args),
+        runs=runs,
+        idle=bench.idle,
+        rss_idle=rss_idle,
+        rss_after=rss_after,
+    )
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    env = read_env_file(args.env_file)
+    if "LC_JWT_SECRET" not in env:
+        raise BenchError(f"{args.env_file} has no LC_JWT_SECRET: start the stack with `make up`")
+    endpoints = Endpoints.from_env(env)
+    stack_pids(args.run_dir)  # fail now, not after minting tokens, if the stack is down
+    workdir = args.run_dir / "bench"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    # L0 runs on the event loop the services run on (uvloop unless the stack says asyncio).
+    args.l0_loop = args.l0_loop or env.get("LC_EVENT_LOOP") or default_loop()
+    with empty_handler(workdir, args.l0_loop) as (handler_url, handler_pid):
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)
+        ) as http:
+            bench = Bench(
+                args=args,
+                client=SaleClient(http, endpoints),
+                http=http,
+                endpoints=endpoints,
+                run_dir=args.run_dir,
+                workdir=workdir,
+                nonce=uuid.uuid4().hex[:8],
+                handler_url=handler_url,
+                handler_pid=handler_pid,
+            )
+            entry = await run_all(bench)
+    print()
+    print(render(entry))
+    history = RESULTS / "history.jsonl"
+    append(history, entry)
+    print(f"\nrecorded in {history.relative_to(ROOT)}; wrk output in {workdir}")
+    # Timings never fail the run; a broken invariant of the launch burst does.
+    broken = [
+        f"run {index}: {check}"
+        for index, run in enumerate(entry["runs"], 1)
+        for check, ok in run.get("burst", {}).get("checks", {}).items()
+        if not ok and check in INVARIANTS
+    ]
+    if broken:
+        print(f"bench: launch burst invariants broken: {', '.join(broken)}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    default_run_dir = run_dir()
+    parser.add_argument("--env-file", type=Path, default=default_run_dir / "stack.env")
+    parser.add_argument(
+        "--run-dir", type=Path, default=default_run_dir, help="where `make up` keeps pids/"
+    )
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole set, interleaved")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)}",
+    )
+    parser.add_argument("-d", "--duration", type=int, default=10, help="s per timed scenario")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--low-connections", type=int, default=8, help="decided path, 2nd run")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--wait", type=float, default=5, help="?wait= of every order POST")
+    parser.add_argument("--buyers", type=int, default=10_000, help="token pool (decided)")
+    parser.add_argument("--stock", type=int, default=10_000_000, help="units (decided)")
+    parser.add_argument("--per-user-limit", type=int, default=1_000_000, help="(decided)")
+    parser.add_argument("--burst-attempts", type=int, default=200_000)
+    parser.add_argument("--burst-buyers", type=int, default=50_000)
+    parser.add_argument("--burst-units", type=int, default=1_000)
+    parser.add_argument("--burst-per-user-limit", type=int, default=2)
+    parser.add_argument("--burst-window", type=float, default=10, help="s to offer them in")
+    parser.add_argument("--burst-connections", type=int, default=256)
+    parser.add_argument(
+        "--burst-deadline", type=int, default=900, help="s before wrk is ended regardless"
+    )
+    parser.add_argument(
+        "--l0-loop",
+        choices=("uvloop", "asyncio"),
+        help="event loop of the empty handler (default: the stack's LC_EVENT_LOOP, else uvloop)",
+    )
+    parser.add_argument("--idle-seconds", type=float, default=3, help="idle CPU window")
+    parser.add_argument(
+        "--settle-margin",
+        type=float,
+        default=0.1,
+        help="cores above idle that still count as caught up",
+    )
+    parser.add_argument("--settle-timeout", type=float, default=120)
+    parser.add_argument("--profile", choices=PROFILEABLE, help="py-spy one process")
+    parser.add_argument(
+        "--profile-scenario",
+        help="l0, decided_<conns>, sold_out_<conns> or burst, first run only "
+        "(default: decided_<--connections>)",
+    )
+    parser.add_argument("--profile-duration", type=int, help="s of sampling (default: --duration)")
+    args = parser.parse_args(argv)
+    args.profile_scenario = args.profile_scenario or f"decided_{args.connections}"
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    if args.runs < 1 or args.duration < 1:
+        parser.error("--runs and --duration must be at least 1")
+    if args.burst_attempts < args.threads:
+        parser.error("--burst-attempts must be at least --threads")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return asyncio.run(main_async(args))
+    except (BenchError, ProcError, WrkError, StackError, ApiError) as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

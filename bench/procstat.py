@@ -1,0 +1,164 @@
+"""CPU time and memory of the stack's processes, from /proc (Linux).
+
+CPU is utime+stime of `/proc/<pid>/stat` (all threads of the process: Kafka's JVM threads,
+redis-server's I/O threads), plus the same for every descendant alive at the reading, in
+clock ticks (`SC_CLK_TCK`, usually 100 per second: 10 ms resolution per process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.local.stack import SERVICES
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Every process `make up` starts, named as its pid file under <run dir>/pids/.
+STACK = ("kafka", "redis", *SERVICES)
+
+
+class ProcError(RuntimeError):
+    """A process of the stack is not running; the message says which."""
+
+
+def read_pid(run_dir: Path, name: str) -> int | None:
+    """The pid in `<run_dir>/pids/<name>.pid` (written by deploy/local/stack.py), if that
+    process is alive."""
+    try:
+        pid = int((run_dir / "pids" / f"{name}.pid").read_text().strip())
+        state = _stat_fields(pid)[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if state in ("Z", "X") else pid
+
+
+def stack_pids(run_dir: Path, names: tuple[str, ...] = STACK) -> dict[str, int]:
+    pids = {name: read_pid(run_dir, name) for name in names}
+    missing = [name for name, pid in pids.items() if pid is None]
+    if missing:
+        raise ProcError(
+            f"not running (no live pid in {run_dir / 'pids'}): {', '.join(missing)}; "
+            "start the stack with `make up`"
+        )
+    return {name: pid for name, pid in pids.items() if pid is not None}
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """Fields 3.. of /proc/<pid>/stat (after the command name, which may hold spaces)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text.rsplit(")", 1)[1].split()
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int(_stat_fields(int(entry.name))[1])
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked
+        children.setdefault(ppid, []).append(int(entry.name))
+    return children
+
+
+def _tree(pid: int, children: Mapping[int, list[int]]) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def _ticks(pid: int) -> int:
+    fields = _stat_fields(pid)
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    at: float  # time.monotonic()
+    ticks: dict[str, int]  # name -> utime+stime of the process and its descendants
+
+    def seconds_since(self, earlier: CpuSample) -> dict[str, float]:
+        return {
+            name: (ticks - earlier.ticks.get(name, ticks)) / CLK_TCK
+            for name, ticks in self.ticks.items()
+        }
+
+
+def sample_cpu(pids: Mapping[str, int]) -> CpuSample:
+    children = _children()
+    ticks: dict[str, int] = {}
+    for name, pid in pids.items():
+        total = 0
+        for member in _tree(pid, children):
+            try:
+                total += _ticks(member)
+            except (OSError, ValueError, IndexError):
+                if member == pid:
+                    raise ProcError(f"{name} (pid {pid}) exited during the benchmark") from None
+        ticks[name] = total
+    return CpuSample(time.monotonic(), ticks)
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of the process (kB as /proc reports it; 0 for a kernel thread)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+async def idle_rates(pids: Mapping[str, int], seconds: float) -> dict[str, float]:
+    """CPU seconds per second each process spends with no load on it (Kafka's and the
+    services' background loops), measured over `seconds`."""
+    before = sample_cpu(pids)
+    await asyncio.sleep(seconds)  # the measuring window itself, not a wait for readiness
+    after = sample_cpu(pids)
+    elapsed = after.at - before.at
+    return {name: used / elapsed for name, used in after.seconds_since(before).items()}
+
+
+@dataclass(frozen=True)
+class Settled:
+    sample: CpuSample
+    waited_s: float
+    settled: bool  # False: the deadline passed first
+
+
+async def wait_until_quiet(
+    pids: Mapping[str, int],
+    idle: Mapping[str, float],
+    *,
+    margin_cores: float,
+    window_s: float = 1.0,
+    deadline_s: float = 60.0,
+    poll_s: float = 0.25,
+) -> Settled:
+    """Poll until the processes' total CPU rate over the last `window_s` is back to their
+    idle rate (+ `margin_cores`): by then the consumers have caught up with what the load
+    queued (Kafka records, projections, notifications), so a reading taken now counts the
+    asynchronous work the requests caused. Returns that reading."""
+    started = time.monotonic()
+    idle_total = sum(idle.get(name, 0.0) for name in pids)
+    history = [sample_cpu(pids)]
+    while True:
+        await asyncio.sleep(poll_s)  # polling interval
+        history.append(sample_cpu(pids))
+        latest = history[-1]
+        while len(history) > 2 and latest.at - history[1].at >= window_s:
+            history.pop(0)
+        oldest = history[0]
+        elapsed = latest.at - oldest.at
+        if elapsed >= window_s:
+            rate = sum(latest.seconds_since(oldest).values()) / elapsed
+            if rate <= idle_total + margin_cores:
+                return Settled(latest, latest.at - started, True)
+        if latest.at - started > deadline_s:
+            return Settled(latest, latest.at - started, False)
