@@ -1,8 +1,12 @@
 """A consumer-group runner: batches from `getmany`, explicit offset commits, a DLQ.
 
 Delivery is at-least-once: a partition's batch is committed only after its handler returned,
-so a crash replays it. Handlers make that harmless by being idempotent (dedup by order_id or
-event_id, or the consumed offset recorded in the same atomic Redis step as the effect).
+so a crash replays it. Handlers make that harmless by being idempotent (dedup by order_id
+or event_id, or the consumed offset recorded in the same atomic Redis step as the effect).
+Offsets are committed every `commit_interval_s` at most (and always before a partition is
+given up, and on stop): a commit is a broker round trip, and with one per poll a burst
+paid more for its commits than for its events. A crash replays that much more, to no
+effect.
 A message that cannot be decoded or validated goes to the DLQ with the reason and its
 original bytes, and its offset is committed with the batch: never silently skipped, never
 blocking the partition.
@@ -52,9 +56,10 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self._runner = runner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Wait for the batch in flight: its offsets get committed before another member
-        # takes the partition, so the new owner does not redo it.
+        # Wait for the batch in flight, and commit what was handled: another member takes
+        # the partitions from there and does not redo it.
         async with self._runner.processing:
+            await self._runner.commit_pending()
             log.info(
                 "partitions revoked",
                 extra={"group": self._runner.group, "partitions": str(revoked)},
@@ -78,6 +83,8 @@ class ConsumerRunner:
         metrics: PlatformMetrics,
         dlq_topic: str,
         max_records: int | None = None,
+        fetch_min_bytes: int = 1,
+        commit_interval_s: float = 0.2,
     ) -> None:
         self.group = group
         self._settings = settings
@@ -87,6 +94,11 @@ class ConsumerRunner:
         self._metrics = metrics
         self._dlq_topic = dlq_topic
         self._max_records = max_records or settings.consumer_batch_max
+        self._fetch_min_bytes = fetch_min_bytes
+        self._commit_interval_s = commit_interval_s
+        # Handled but not yet committed: partition -> next offset.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._last_commit = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._last_poll = 0.0
@@ -116,6 +128,7 @@ class ConsumerRunner:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
             fetch_max_wait_ms=self._settings.kafka_fetch_max_wait_ms,
+            fetch_min_bytes=self._fetch_min_bytes,
         )
         self._consumer.subscribe(self._topics, listener=_Rebalance(self))
         await self._consumer.start()
@@ -130,7 +143,7 @@ class ConsumerRunner:
             try:
                 async with asyncio.timeout(5):
                     async with self.processing:
-                        pass
+                        await self.commit_pending()
             except TimeoutError:
                 log.warning("stopping mid-batch", extra={"group": self.group})
             await stop_tasks(self._task)
@@ -141,10 +154,15 @@ class ConsumerRunner:
         assert self._consumer is not None
         consumer = self._consumer
         while True:
-            batches = await consumer.getmany(timeout_ms=500, max_records=self._max_records)
+            # While offsets wait for their commit, poll often enough to commit them on time.
+            timeout_ms = int(self._commit_interval_s * 1000) if self._uncommitted else 500
+            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
             self._last_poll = time.monotonic()
             batches = {tp: records for tp, records in batches.items() if records}
             if not batches:
+                if self._uncommitted and self._commit_due():
+                    async with self.processing:
+                        await self.commit_pending()
                 continue
             async with self.processing:
                 # The lock is held for one poll's batches: a revocation waits for them
@@ -155,7 +173,10 @@ class ConsumerRunner:
                 # Partitions hold different keys (SKUs, warehouses), so their batches are
                 # independent: handled at once, then committed in one request.
                 await asyncio.gather(*(self._handle_partition(r) for r in owned.values()))
-                await self._commit(consumer, owned)
+                for tp, records in owned.items():
+                    self._uncommitted[tp] = records[-1].offset + 1
+                if self._commit_due():
+                    await self.commit_pending()
 
     async def _handle_partition(self, records: list[ConsumerRecord]) -> None:
         events: list[ConsumedEvent] = []
@@ -184,16 +205,21 @@ class ConsumerRunner:
             await self._call_handler(events)
         self._metrics.consumer_batch_size.labels(self.group).observe(len(records))
 
-    async def _commit(
-        self, consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord]]
-    ) -> None:
-        """One commit for every partition handled in this poll: a commit is a broker round
-        trip, and one per partition batch cost more than the batches' events."""
-        if not batches:
+    def _commit_due(self) -> bool:
+        return time.monotonic() - self._last_commit >= self._commit_interval_s
+
+    async def commit_pending(self) -> None:
+        """Commit the offsets of every batch handled so far (callers hold `processing`)."""
+        consumer = self._consumer
+        if consumer is None or not self._uncommitted:
             return
-        offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._last_commit = time.monotonic()
+        owned = consumer.assignment()
         try:
-            await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
+            await consumer.commit(
+                {tp: OffsetAndMetadata(o, "") for tp, o in offsets.items() if tp in owned}
+            )
         except (CommitFailedError, KafkaError) as exc:
             # A partition moved to another member mid-batch: it will replay the batch,
             # which the idempotent handler turns into no new effect.

@@ -26,7 +26,9 @@ def create_producer(settings: Settings) -> AIOKafkaProducer:
         enable_idempotence=True,
         linger_ms=settings.kafka_linger_ms,
         max_batch_size=256 * 1024,
-        request_timeout_ms=15_000,
+        # Also bounds how long send() waits for buffer room or metadata, so a publish
+        # never waits past LC_PUBLISH_TIMEOUT_S before its delivery is even pending.
+        request_timeout_ms=max(int(settings.publish_timeout_s * 1000), 1000),
     )
 
 
@@ -53,13 +55,9 @@ class EventPublisher:
         value = encode(envelope)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
-        try:
-            # send() only waits for metadata or buffer room, and both give way to a
-            # cancellation; the delivery future is awaited below without cancelling it.
-            async with asyncio.timeout_at(deadline):
-                delivery = await self._producer.send(topic, value, key=key.encode())
-        except TimeoutError as exc:
-            raise KafkaTimeoutError(f"no room to send within {self._timeout_s} s") from exc
+        # send() waits only for metadata or buffer room, bounded by the producer's
+        # request_timeout_ms (the publish timeout); no timer of our own on the hot path.
+        delivery = await self._producer.send(topic, value, key=key.encode())
         self._metrics.events_published.labels(topic, envelope.type).inc()
         if not delivery.done():
             await asyncio.wait((delivery,), timeout=max(deadline - loop.time(), 0))

@@ -24,10 +24,6 @@ from redis.exceptions import NoScriptError
 
 from services.common.redis_scripts import ArgT, KeyT, LuaScript
 
-# A flush larger than this is split: one huge reply would hold the connection and the
-# loop for too long.
-MAX_COMMANDS_PER_FLUSH = 512
-
 _Queued = tuple[tuple[Any, ...], LuaScript | None, "asyncio.Future[Any]"]
 
 
@@ -62,11 +58,11 @@ class TickPipeline:
     def _start_flush(self) -> None:
         self._scheduled = False
         queued, self._queue = self._queue, []
-        for start in range(0, len(queued), MAX_COMMANDS_PER_FLUSH):
-            chunk = queued[start : start + MAX_COMMANDS_PER_FLUSH]
-            task = asyncio.ensure_future(self._flush(chunk))
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
+        # One pipeline for the whole tick, never split: commands queued one after the other
+        # reach Redis in that order (the order store relies on it).
+        task = asyncio.ensure_future(self._flush(queued))
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     async def _flush(self, queued: list[_Queued]) -> None:
         try:

@@ -148,7 +148,12 @@ async def platform_context(app: web.Application) -> AsyncIterator[None]:
 
 
 def consumer_for(
-    app: web.Application, *, name: str, topics: Sequence[str], handler: BatchHandler
+    app: web.Application,
+    *,
+    name: str,
+    topics: Sequence[str],
+    handler: BatchHandler,
+    fetch_min_bytes: int = 1,
 ) -> ConsumerRunner:
     """The service's consumer group `<topic prefix><name>`, wired to the app's publisher,
     metrics and DLQ, its health part of `/readyz` ("consumer"). The caller starts it in
@@ -162,6 +167,7 @@ def consumer_for(
         publisher=app[PUBLISHER],
         metrics=app[METRICS],
         dlq_topic=app[TOPICS].dlq,
+        fetch_min_bytes=fetch_min_bytes,
     )
 
     async def healthy() -> bool:

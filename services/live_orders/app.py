@@ -33,6 +33,7 @@ from services.live_orders.broadcast import BroadcastListener
 from services.live_orders.http_api import USE_CASES, UseCases, setup_routes
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_context import OrderContextCache
+from services.live_orders.order_outbox import OrderOutbox
 from services.live_orders.order_store import OrderStore
 from services.live_orders.order_waiters import OrderWaiters
 from services.live_orders.orders import OrderLimits, OrderService
@@ -70,6 +71,13 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
     contexts = OrderContextCache(session_store)
     sold_out = SoldOutSkus(redis, keys)
     waiters = OrderWaiters(order_store.get, metrics)
+    outbox = OrderOutbox(
+        store=order_store,
+        publisher=publisher,
+        topic=topics.orders,
+        source=settings.instance_id,
+        metrics=metrics,
+    )
     app[USE_CASES] = UseCases(
         sessions=SessionService(
             session_store, publisher, topics.sessions, settings.instance_id, contexts
@@ -79,6 +87,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
             contexts=contexts,
             sold_out=sold_out,
             waiters=waiters,
+            outbox=outbox,
             publisher=publisher,
             orders_topic=topics.orders,
             source=settings.instance_id,
@@ -101,6 +110,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
     app[BROADCAST] = listener
     await sold_out.refresh()
     refresher = asyncio.create_task(sold_out.refresh_forever(), name="live_orders:sold-out")
+    outbox_task = asyncio.create_task(outbox.run(), name="live_orders:outbox")
 
     consumer = consumer_for(
         app,
@@ -119,6 +129,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await consumer.stop()
-        await stop_tasks(refresher)
+        await stop_tasks(outbox_task, refresher)
+        await outbox.drain()
         await listener.stop()
         await pipeline.aclose()

@@ -21,6 +21,7 @@ class LiveOrdersMetrics:
     waiters: Gauge
     ignored_outcomes: Counter
     broadcast_reconnects: Counter
+    republished_orders: Counter
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> LiveOrdersMetrics:
@@ -61,6 +62,11 @@ class LiveOrdersMetrics:
             broadcast_reconnects=Counter(
                 "lc_live_orders_broadcast_reconnects",
                 "Times the Redis pub/sub listener (re)subscribed after an error",
+                registry=registry,
+            ),
+            republished_orders=Counter(
+                "lc_live_orders_republished_orders",
+                "Orders found unpublished in the outbox by the sweep and published again",
                 registry=registry,
             ),
         )

@@ -115,7 +115,10 @@ class OrderStore:
         for name, value in candidate.to_record().items():
             if name != "order_id":
                 fields.extend((name, value))
-        reply = await self._pipeline.script(
+        # Into the outbox first, in the same pipeline: an order that exists is in the
+        # outbox until it is published (order_outbox.py), whenever the process dies.
+        into_outbox = self._pipeline.command("ZADD", self._keys.outbox, now_ms, candidate.order_id)
+        placing = self._pipeline.script(
             self._place,
             [
                 self._keys.bucket(buyer_id),
@@ -135,6 +138,10 @@ class OrderStore:
                 orjson.dumps(fields),
             ],
         )
+        _, reply = await asyncio.gather(into_outbox, placing)
+        if not reply[2:3] or not int(reply[2]):
+            # The candidate was not stored (a replayed key, a limit): nothing to publish.
+            await self._pipeline.command("ZREM", self._keys.outbox, candidate.order_id)
         outcome = cast(PlaceOutcome, reply[0].decode())
         if outcome == "limited":
             return Placement(outcome, retry_after_ms=int(reply[1]))
@@ -146,8 +153,32 @@ class OrderStore:
         order = Order.from_record(_record(reply[4:])) if len(reply) > 4 else candidate
         return Placement(outcome, order_id, order, created, publish)
 
-    async def mark_published(self, order_id: str) -> None:
-        await self._pipeline.command("HSET", self._keys.order(order_id), "published", "1")
+    async def mark_published(self, order_ids: Sequence[str]) -> None:
+        """Their creation events were acknowledged: out of the outbox."""
+        await asyncio.gather(
+            *(
+                self._pipeline.command("HSET", self._keys.order(order_id), "published", "1")
+                for order_id in order_ids
+            ),
+            self._pipeline.command("ZREM", self._keys.outbox, *order_ids),
+        )
+
+    async def outbox_due(self, placed_before_ms: int, limit: int) -> list[str]:
+        """Ids in the outbox since before `placed_before_ms`, oldest first."""
+        raw = await self._pipeline.command(
+            "ZRANGEBYSCORE", self._keys.outbox, "-inf", placed_before_ms, "LIMIT", 0, limit
+        )
+        return [as_text(order_id) for order_id in raw]
+
+    async def outbox_remove(self, order_ids: Sequence[str]) -> None:
+        await self._pipeline.command("ZREM", self._keys.outbox, *order_ids)
+
+    async def outbox_postpone(self, order_ids: Sequence[str], now_ms: int) -> None:
+        """Only those still in the outbox (XX): a concurrent mark_published wins."""
+        pairs: list[str | int] = []
+        for order_id in order_ids:
+            pairs.extend((now_ms, order_id))
+        await self._pipeline.command("ZADD", self._keys.outbox, "XX", *pairs)
 
     async def release_publish_lease(self, order_id: str) -> None:
         """The publish failed: let the next retry of the request publish at once."""

@@ -32,6 +32,7 @@ from services.live_orders.domain import (
 )
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_context import OrderContext, OrderContextCache
+from services.live_orders.order_outbox import OrderOutbox
 from services.live_orders.order_store import OrderStore
 from services.live_orders.order_waiters import OrderWaiters
 from services.live_orders.redis_keys import new_order_id
@@ -70,6 +71,7 @@ class OrderService:
         contexts: OrderContextCache,
         sold_out: SoldOutSkus,
         waiters: OrderWaiters,
+        outbox: OrderOutbox,
         publisher: EventPublisher,
         orders_topic: str,
         source: str,
@@ -80,6 +82,7 @@ class OrderService:
         self._contexts = contexts
         self._sold_out = sold_out
         self._waiters = waiters
+        self._outbox = outbox
         self._publisher = publisher
         self._topic = orders_topic
         self._source = source
@@ -140,10 +143,15 @@ class OrderService:
             ).inc()
             if order.reason == "sold_out":
                 self._metrics.fast_path_rejections.inc()
+        if placement.publish and order.status != "pending":
+            # Refused here: the buyer's answer does not wait for the broker, and the
+            # outbox guarantees the event (the host counts the attempt).
+            self._outbox.publish_soon(order)
+            return order
         # Watch before publishing: the decision can come back before the send returns.
         with self._waiters.watch(order.order_id) as watch:
             if placement.publish:
-                await self._publish_creation(order)
+                await self._outbox.publish_now(order)
             if order.status == "pending" and wait_s > 0:
                 order = (
                     await self._waiters.until(watch, order.order_id, _decided, wait_s, order)
@@ -185,47 +193,6 @@ class OrderService:
             updated_at=placed_at,
             reason=reason,
         )
-
-    async def _publish_creation(self, order: Order) -> None:
-        if order.status == "pending":
-            envelope = Envelope.create(
-                "order.placed",
-                {
-                    "order_id": order.order_id,
-                    "session_id": order.session_id,
-                    "sku": order.sku,
-                    "buyer_id": order.buyer_id,
-                    "quantity": order.quantity,
-                    "unit_price_cents": order.unit_price_cents,
-                    "total_cents": order.total_cents,
-                    "per_user_limit": order.per_user_limit,
-                    "placed_at": order.placed_at,
-                },
-                source=self._source,
-                dedup_key=order.order_id,
-            )
-        else:
-            envelope = Envelope.create(
-                "order.rejected",
-                {
-                    "order_id": order.order_id,
-                    "session_id": order.session_id,
-                    "sku": order.sku,
-                    "buyer_id": order.buyer_id,
-                    "quantity": order.quantity,
-                    "reason": order.reason,
-                },
-                source=self._source,
-                dedup_key=order.order_id,
-            )
-        try:
-            await self._publisher.publish(self._topic, order.sku, envelope)
-        except BaseException:
-            # Not published: the order stays unpublished and the next retry of the same
-            # Idempotency-Key publishes it (no lease to wait out).
-            await self._orders.release_publish_lease(order.order_id)
-            raise
-        await self._orders.mark_published(order.order_id)
 
     # -------------------------------------------------------------------------- read
 

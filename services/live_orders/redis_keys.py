@@ -56,6 +56,11 @@ class RedisKeys:
         return f"{self.prefix}lo:{{u:"
 
     @property
+    def outbox(self) -> str:
+        """Sorted set of order ids not yet known to be published, by time (order_outbox.py)."""
+        return f"{self.prefix}lo:{{lo:outbox}}:orders"
+
+    @property
     def sessions_channel(self) -> str:
         """session_id of every session change, so each process drops its cached copy."""
         return f"{self.prefix}lo:sessions"

@@ -37,6 +37,9 @@ from services.notifier.redis_keys import NotifierKeys
 # Outcome guards outlive the topics' retention by a day: a replay from the oldest retained
 # offset still finds them.
 GUARD_MARGIN_S = 24 * 3600
+# More than a fetch wait's worth of events at any sale's rate: the broker answers the
+# notifier's fetches after LC_KAFKA_FETCH_MAX_WAIT_MS, with whatever came meanwhile.
+NOTIFIER_FETCH_MIN_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -83,6 +86,10 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
         app,
         name="notifier",
         topics=consumed_topics(app[TOPICS]),
+        # Nobody waits on the notifier's consumer but the host's next push (every 250 ms):
+        # let the broker gather a fetch's worth of events for up to the fetch wait, so a
+        # burst is applied in a few large batches (one Lua call each), not thousands.
+        fetch_min_bytes=NOTIFIER_FETCH_MIN_BYTES,
         handler=LiveProjectionHandler(
             topics=app[TOPICS], keys=keys, projection=projection, picks=picks, metrics=metrics
         ),

@@ -150,7 +150,7 @@ async def test_create_once_and_the_publish_lease(redis: Any) -> None:
     # The creator died without publishing: once the lease ran out, a retry takes it.
     retry = await create(store, an_order("o3"), now_ms=1_000 + PUBLISH_LEASE_MS, key="k")
     assert not retry.created and retry.publish
-    await store.mark_published("o1")
+    await store.mark_published(["o1"])
     later = await create(store, an_order("o4"), now_ms=10**12, key="k")
     assert not later.publish and later.order is not None and later.order.published
 

@@ -1,0 +1,166 @@
+"""Every order's creation event reaches Kafka, whatever dies when.
+
+An order id enters the outbox (a Redis sorted set, scored by time) in the same pipeline
+as, and before, the placement that may create it; it leaves once the order's
+`order.placed` or `order.rejected` was acknowledged and the order marked published. So
+an order that exists and was never published is always in the outbox: its request died
+between storing and publishing, the broker refused the send, or the process was killed.
+Every live_orders process sweeps the outbox once a second and publishes again what has
+been waiting longer than `REPUBLISH_AFTER_MS` (the same deterministic event id: inventory
+decides an order_id once, the notifier counts `type:order_id` once), and drops ids whose
+order was published meanwhile or never created (a replayed key, a rate-limited attempt).
+
+Two ways in: `publish_now` (a pending order: the buyer waits for inventory's decision
+anyway, which cannot come before the acknowledgement, and gets a 503 if the broker does
+not answer) and `publish_soon` (an order born rejected: the buyer's 409 does not wait for
+the broker; a background task sends what accumulated in one batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from services.common.background import cancel_requested
+from services.common.clock import epoch_ms
+from services.common.events import Envelope
+from services.common.kafka_producer import EventPublisher
+from services.live_orders.domain import Order
+from services.live_orders.metrics import LiveOrdersMetrics
+from services.live_orders.order_store import OrderStore
+
+log = logging.getLogger(__name__)
+
+# An order this long in the outbox is taken for orphaned: publish timeouts are 5 s by
+# default, so a request still trying is usually done by then (and a duplicate is harmless).
+REPUBLISH_AFTER_MS = 10_000
+SWEEP_INTERVAL_S = 1.0
+SWEEP_BATCH = 500
+
+
+def creation_event(order: Order, source: str) -> Envelope:
+    """`order.placed` for a pending order, `order.rejected` for one refused here."""
+    if order.status == "pending":
+        return Envelope.create(
+            "order.placed",
+            {
+                "order_id": order.order_id,
+                "session_id": order.session_id,
+                "sku": order.sku,
+                "buyer_id": order.buyer_id,
+                "quantity": order.quantity,
+                "unit_price_cents": order.unit_price_cents,
+                "total_cents": order.total_cents,
+                "per_user_limit": order.per_user_limit,
+                "placed_at": order.placed_at,
+            },
+            source=source,
+            dedup_key=order.order_id,
+        )
+    return Envelope.create(
+        "order.rejected",
+        {
+            "order_id": order.order_id,
+            "session_id": order.session_id,
+            "sku": order.sku,
+            "buyer_id": order.buyer_id,
+            "quantity": order.quantity,
+            "reason": order.reason,
+        },
+        source=source,
+        dedup_key=order.order_id,
+    )
+
+
+class OrderOutbox:
+    def __init__(
+        self,
+        *,
+        store: OrderStore,
+        publisher: EventPublisher,
+        topic: str,
+        source: str,
+        metrics: LiveOrdersMetrics,
+    ) -> None:
+        self._store = store
+        self._publisher = publisher
+        self._topic = topic
+        self._source = source
+        self._metrics = metrics
+        self._soon: list[Order] = []
+        self._wake = asyncio.Event()
+
+    async def publish_now(self, order: Order) -> None:
+        """Publish and wait for the acknowledgement; raises if there is none in time (the
+        order stays in the outbox, and a retry of the request may publish it at once)."""
+        try:
+            await self._publisher.publish(
+                self._topic, order.sku, creation_event(order, self._source)
+            )
+        except BaseException:
+            await self._store.release_publish_lease(order.order_id)
+            raise
+        await self._store.mark_published([order.order_id])
+
+    def publish_soon(self, order: Order) -> None:
+        self._soon.append(order)
+        self._wake.set()
+
+    async def drain(self) -> None:
+        """On shutdown: send what is queued (what fails stays in the outbox)."""
+        orders, self._soon = self._soon, []
+        if orders:
+            try:
+                await self._publish(orders)
+            except Exception:
+                log.warning("queued orders left to the outbox sweep", exc_info=True)
+
+    async def run(self) -> None:
+        """The background sender of `publish_soon` orders, and the outbox sweep."""
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + SWEEP_INTERVAL_S
+        while True:
+            try:
+                async with asyncio.timeout(max(next_sweep - loop.time(), 0)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            try:
+                if self._soon:
+                    self._wake.clear()
+                    orders, self._soon = self._soon, []
+                    await self._publish(orders)
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + SWEEP_INTERVAL_S
+                    await self.sweep()
+            except Exception:
+                if cancel_requested():
+                    raise
+                # What failed stays in the outbox: the sweep publishes it later.
+                log.warning("publishing from the outbox failed", exc_info=True)
+
+    async def sweep(self) -> int:
+        """Publish what waited too long in the outbox; the number of orders published."""
+        now = epoch_ms()
+        ids = await self._store.outbox_due(now - REPUBLISH_AFTER_MS, SWEEP_BATCH)
+        if not ids:
+            return 0
+        orders = await asyncio.gather(*(self._store.get(order_id) for order_id in ids))
+        done = [i for i, order in zip(ids, orders, strict=True) if order is None or order.published]
+        todo = [order for order in orders if order is not None and not order.published]
+        if done:
+            await self._store.outbox_remove(done)
+        if todo:
+            # Push them back in time first: the other processes' sweeps leave them alone
+            # while this one publishes.
+            await self._store.outbox_postpone([order.order_id for order in todo], now)
+            await self._publish(todo)
+            self._metrics.republished_orders.inc(len(todo))
+            log.info("republished orders from the outbox", extra={"orders": len(todo)})
+        return len(todo)
+
+    async def _publish(self, orders: list[Order]) -> None:
+        await self._publisher.publish_many(
+            [(self._topic, order.sku, creation_event(order, self._source)) for order in orders]
+        )
+        await self._store.mark_published([order.order_id for order in orders])
