@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -22,6 +23,14 @@ class LiveOrdersMetrics:
     ignored_outcomes: Counter
     broadcast_reconnects: Counter
     republished_orders: Counter
+    _outcome_children: dict[str, Any] = field(default_factory=dict)
+
+    def outcome(self, label: str) -> Any:
+        """`order_outcomes.labels(label)`, looked up once (the lookup takes a lock)."""
+        child = self._outcome_children.get(label)
+        if child is None:
+            child = self._outcome_children[label] = self.order_outcomes.labels(label)
+        return child
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> LiveOrdersMetrics:

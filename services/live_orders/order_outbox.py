@@ -163,4 +163,9 @@ class OrderOutbox:
         await self._publisher.publish_many(
             [(self._topic, order.sku, creation_event(order, self._source)) for order in orders]
         )
-        await self._store.mark_published([order.order_id for order in orders])
+        pending = [order.order_id for order in orders if order.status == "pending"]
+        refused = [order.order_id for order in orders if order.status != "pending"]
+        if pending:
+            await self._store.mark_published(pending)
+        if refused:
+            await self._store.mark_published(refused, flag=False)

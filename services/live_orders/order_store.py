@@ -153,12 +153,14 @@ class OrderStore:
         order = Order.from_record(_record(reply[4:])) if len(reply) > 4 else candidate
         return Placement(outcome, order_id, order, created, publish)
 
-    async def mark_published(self, order_ids: Sequence[str]) -> None:
-        """Their creation events were acknowledged: out of the outbox."""
+    async def mark_published(self, order_ids: Sequence[str], *, flag: bool = True) -> None:
+        """Their creation events were acknowledged: out of the outbox, and flagged (what a
+        cancel of a pending order and a replayed key look at; an order born rejected needs
+        no flag, and leaving it out saves a command on the sold-out path)."""
         await asyncio.gather(
             *(
                 self._pipeline.command("HSET", self._keys.order(order_id), "published", "1")
-                for order_id in order_ids
+                for order_id in (order_ids if flag else ())
             ),
             self._pipeline.command("ZREM", self._keys.outbox, *order_ids),
         )
@@ -188,7 +190,10 @@ class OrderStore:
         raw = await self._pipeline.command("HGETALL", self._keys.order(order_id))
         if not raw:
             return None
-        return Order.from_record({as_text(k): as_text(v) for k, v in raw.items()})
+        # RESP3 (redis-py's default) answers a map; RESP2 a flat list.
+        if isinstance(raw, dict):
+            return Order.from_record({as_text(k): as_text(v) for k, v in raw.items()})
+        return Order.from_record(_record(raw))
 
     async def transition(
         self,

@@ -138,9 +138,7 @@ class OrderService:
         # Claimed now, or a replay (then the order as the first request stored it).
         order = placement.order
         if placement.created:
-            self._metrics.order_outcomes.labels(
-                f"rejected_{order.reason}" if order.reason else "pending"
-            ).inc()
+            self._metrics.outcome(f"rejected_{order.reason}" if order.reason else "pending").inc()
             if order.reason == "sold_out":
                 self._metrics.fast_path_rejections.inc()
         if placement.publish and order.status != "pending":

@@ -122,6 +122,6 @@ class InventoryOutcomes:
             return
         rule = OUTCOME_TRANSITIONS[kind]
         label = f"rejected_{data['reason']}" if kind == "reservation.rejected" else rule.target
-        self._metrics.order_outcomes.labels(label).inc()
+        self._metrics.outcome(label).inc()
         if previous == "pending" and placed_ms:
             self._metrics.decision_latency.observe(max(epoch_ms() - placed_ms, 0) / 1000)
