@@ -18,8 +18,10 @@ here is safe to run twice), then fail every command of it.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
+import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -27,6 +29,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.redis_scripts import ArgT, KeyT, LuaScript
 
+# As create_redis's socket_timeout: a dead Redis surfaces as an error, not a hang.
+READ_TIMEOUT_S = 5.0
 # Waits before the retries of a flush that met a dead connection (as create_redis's Retry).
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
 
@@ -120,12 +124,20 @@ class TickPipeline:
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         replies: list[Any] = []
         try:
-            await connection.send_packed_command(connection.pack_commands(commands))
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            # hiredis packs in C, ten times faster than redis-py's packer.
+            await connection.send_packed_command(
+                b"".join([hiredis.pack_command(args) for args in commands])
+            )
+            # One deadline for all the replies, not a timer per reply.
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                for _ in commands:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
+        except TimeoutError as exc:
+            await connection.disconnect(nowait=True)
+            raise RedisTimeoutError(f"no reply from Redis within {READ_TIMEOUT_S} s") from exc
         except BaseException:
             # Half-read replies would desynchronise the next user of the connection.
             await connection.disconnect(nowait=True)

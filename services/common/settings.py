@@ -101,7 +101,7 @@ class Settings:
     # How long the producer holds a batch open for more events. Batches form anyway while
     # a request to the broker is in flight (aiokafka keeps one per broker), so this only
     # adds latency to the first event after a quiet spell.
-    kafka_linger_ms: int = 1
+    kafka_linger_ms: int = 0
     # How long the broker holds a fetch with no new data. It bounds a stall in aiokafka:
     # a partition whose records the handler holds for over 100 ms is left out of the next
     # fetch, and cannot be fetched again until that fetch returns. Shorter also means more
@@ -143,7 +143,7 @@ class Settings:
             log_level=_read(env, "LC_LOG_LEVEL", _log_level, "INFO"),
             instance_id=_read(env, "LC_INSTANCE_ID", str, f"{service}-{os.getpid()}"),
             event_loop=_read(env, "LC_EVENT_LOOP", _event_loop, "uvloop"),
-            kafka_linger_ms=_read(env, "LC_KAFKA_LINGER_MS", _non_negative_int, 1),
+            kafka_linger_ms=_read(env, "LC_KAFKA_LINGER_MS", _non_negative_int, 0),
             kafka_fetch_max_wait_ms=_read(env, "LC_KAFKA_FETCH_MAX_WAIT_MS", _positive_int, 50),
         )
 

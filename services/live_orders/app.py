@@ -116,7 +116,14 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         app,
         name="live_orders",
         topics=[topics.inventory],
-        handler=InventoryOutcomes(order_store, sold_out, metrics, redis, keys).handle,
+        handler=InventoryOutcomes(
+            orders=order_store,
+            sold_out=sold_out,
+            metrics=metrics,
+            redis=redis,
+            keys=keys,
+            waiters=waiters,
+        ).handle,
     )
     await consumer.start()
     app[OUTCOME_CONSUMER] = consumer

@@ -24,7 +24,7 @@ from services.common.kafka_consumer import ConsumedEvent
 from services.live_orders.domain import OUTCOME_TRANSITIONS, OrderStatus, transition_fields
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_store import OrderStore, TransitionRequest
-from services.live_orders.order_waiters import OrderUpdate, encode_updates
+from services.live_orders.order_waiters import OrderUpdate, OrderWaiters, encode_updates
 from services.live_orders.redis_keys import RedisKeys
 from services.live_orders.sold_out import SoldOutSkus
 
@@ -34,12 +34,15 @@ log = logging.getLogger(__name__)
 class InventoryOutcomes:
     def __init__(
         self,
+        *,
         orders: OrderStore,
         sold_out: SoldOutSkus,
         metrics: LiveOrdersMetrics,
         redis: Redis,
         keys: RedisKeys,
+        waiters: OrderWaiters,
     ) -> None:
+        self._waiters = waiters
         self._orders = orders
         self._sold_out = sold_out
         self._metrics = metrics
@@ -105,8 +108,10 @@ class InventoryOutcomes:
                     )
                 self._count(event, result.outcome, result.previous, result.placed_ms)
         if updates:
-            # One message for the whole batch: each process wakes its own waiters with the
-            # new states, no re-read.
+            # This process's waiters first, at once (the states are stored); then one message
+            # for the whole batch, from which every process wakes its own (here: again,
+            # which moves nobody: updates only move an order forward).
+            self._waiters.apply(updates)
             await self._redis.publish(self._keys.order_updates_channel, encode_updates(updates))
 
     def _count(self, event: ConsumedEvent, outcome: str, previous: str, placed_ms: int) -> None:
