@@ -34,7 +34,9 @@ READ_TIMEOUT_S = 5.0
 # Waits before the retries of a flush that met a dead connection (as create_redis's Retry).
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
 
-_Queued = tuple[tuple[Any, ...], LuaScript | None, "asyncio.Future[Any]"]
+# A command, the script it runs (to reload on NOSCRIPT), and the future of its reply (None:
+# a reply nobody waits for).
+_Queued = tuple[tuple[Any, ...], LuaScript | None, "asyncio.Future[Any] | None"]
 
 
 class TickPipeline:
@@ -52,8 +54,19 @@ class TickPipeline:
         """Queue one command (`"HGET", key, field`); its reply resolves the future."""
         return self._enqueue(args, None)
 
-    def script(self, script: LuaScript, keys: list[KeyT], args: list[ArgT]) -> asyncio.Future[Any]:
-        """Queue one EVALSHA of `script`."""
+    def script(
+        self,
+        script: LuaScript,
+        keys: list[KeyT],
+        args: list[ArgT],
+        *,
+        before: tuple[Any, ...] | None = None,
+    ) -> asyncio.Future[Any]:
+        """Queue one EVALSHA of `script`; `before`, a command sent just ahead of it in the
+        same pipeline (so Redis runs it first), whose reply is not kept: the script's
+        future fails as well if the flush fails."""
+        if before is not None:
+            self._queue.append((before, None, None))
         return self._enqueue(("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
     def _enqueue(self, args: tuple[Any, ...], script: LuaScript | None) -> asyncio.Future[Any]:
@@ -91,13 +104,13 @@ class TickPipeline:
                     replies[i] = reply
         except BaseException as exc:
             for _, _, future in queued:
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for (_, _, future), reply in zip(queued, replies, strict=True):
-            if future.done():  # the caller was cancelled
+            if future is None or future.done():  # nobody waits, or the caller was cancelled
                 continue
             if isinstance(reply, Exception):
                 future.set_exception(reply)

@@ -74,9 +74,6 @@ class OrderEventHandler:
         async with asyncio.TaskGroup() as group:
             tasks = [group.create_task(self._apply(sku, steps)) for sku, steps in plan.items()]
         results = [task.result() for task in tasks]
-        # The sweeper must know about every sku that holds units before the offsets are
-        # committed; on a replay this re-stamps it, which is harmless.
-        await self._store.track_holds([r.sku for r in results if r.holds])
         messages: list[Message] = []
         for result in results:
             messages += result.messages
@@ -90,7 +87,13 @@ class OrderEventHandler:
                         outcomes.stock_changed(result.sku, result.levels, self._source),
                     )
                 )
-        await self._publisher.publish_many(messages)
+        # The sweeper must know about every sku that holds units before the offsets are
+        # committed (not before the outcomes go out): both at once, one round trip less
+        # before the buyers hear. On a replay this re-stamps the skus, which is harmless.
+        await asyncio.gather(
+            self._store.track_holds([r.sku for r in results if r.holds]),
+            self._publisher.publish_many(messages),
+        )
 
     async def _apply(self, sku: str, steps: list[Step]) -> _SkuOutcome:
         result = _SkuOutcome(sku)

@@ -117,8 +117,7 @@ class OrderStore:
                 fields.extend((name, value))
         # Into the outbox first, in the same pipeline: an order that exists is in the
         # outbox until it is published (order_outbox.py), whenever the process dies.
-        into_outbox = self._pipeline.command("ZADD", self._keys.outbox, now_ms, candidate.order_id)
-        placing = self._pipeline.script(
+        reply = await self._pipeline.script(
             self._place,
             [
                 self._keys.bucket(buyer_id),
@@ -137,8 +136,8 @@ class OrderStore:
                 self._retention_s,
                 orjson.dumps(fields),
             ],
+            before=("ZADD", self._keys.outbox, now_ms, candidate.order_id),
         )
-        _, reply = await asyncio.gather(into_outbox, placing)
         if not reply[2:3] or not int(reply[2]):
             # The candidate was not stored (a replayed key, a limit): nothing to publish.
             await self._pipeline.command("ZREM", self._keys.outbox, candidate.order_id)

@@ -14,7 +14,7 @@ Cluster's 16,384 slots.
 
 from __future__ import annotations
 
-import uuid
+import os
 import zlib
 from dataclasses import dataclass
 
@@ -26,8 +26,9 @@ def buyer_tag(buyer_id: str) -> str:
 
 
 def new_order_id(buyer_id: str) -> str:
-    """32 hex digits like a uuid4's hex, the first 4 naming the buyer's slot tag."""
-    return buyer_tag(buyer_id) + uuid.uuid4().hex[TAG_LENGTH:]
+    """32 hex digits like a uuid4's hex, the first 4 naming the buyer's slot tag, the other
+    28 random (112 bits, unguessable)."""
+    return buyer_tag(buyer_id) + os.urandom(14).hex()
 
 
 @dataclass(frozen=True, slots=True)
