@@ -8,6 +8,7 @@ raises `InvalidEvent` with a reason, which consumers turn into a DLQ record (nev
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,20 @@ class InvalidEvent(ValueError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+_NAMESPACE_BYTES = EVENT_ID_NAMESPACE.bytes
+
+
+def deterministic_event_id(type_: str, dedup_key: str) -> str:
+    """`str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{type_}:{dedup_key}"))`, the same text (ids of
+    events already on the topics stay what they were), without building UUID objects:
+    a third of what building an outcome event cost."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{type_}:{dedup_key}".encode()).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    text = digest[:16].hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +70,7 @@ class Envelope:
         """A new event. With `dedup_key`, the event_id is derived from (type, dedup_key):
         the same decision always travels under the same id."""
         event_id = (
-            str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{type_}:{dedup_key}"))
-            if dedup_key is not None
-            else str(uuid.uuid4())
+            deterministic_event_id(type_, dedup_key) if dedup_key is not None else str(uuid.uuid4())
         )
         return cls(
             type=type_,

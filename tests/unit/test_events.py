@@ -1,10 +1,22 @@
+import re
 import typing
+import uuid
 
 import orjson
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
+from services.common.clock import from_rfc3339, now_rfc3339, to_rfc3339, utc_now
 from services.common.event_types import EVENT_TYPES
-from services.common.events import Envelope, InvalidEvent, decode, encode
+from services.common.events import (
+    EVENT_ID_NAMESPACE,
+    Envelope,
+    InvalidEvent,
+    decode,
+    deterministic_event_id,
+    encode,
+)
+from services.common.kafka_producer import KeyHashPartitioner
 from services.common.schemas import SCHEMAS_DIR, schema
 
 PLACED = {
@@ -97,3 +109,29 @@ def test_python_types_and_schemas_agree(name: str, version: int) -> None:
 def test_every_schema_file_is_registered() -> None:
     files = {p.name for p in (SCHEMAS_DIR / "events").glob("*.json")}
     assert files == {f"{name}.v{version}.json" for name, version in EVENT_TYPES}
+
+
+def test_deterministic_event_ids_are_the_uuid5_they_always_were() -> None:
+    for type_, key in [("order.placed", "a" * 32), ("pick.requested", "o1:LOT-7"), ("x", "")]:
+        assert deterministic_event_id(type_, key) == str(
+            uuid.uuid5(EVENT_ID_NAMESPACE, f"{type_}:{key}")
+        )
+
+
+def test_now_rfc3339_matches_the_datetime_formatting() -> None:
+    before = to_rfc3339(utc_now())
+    stamp = now_rfc3339()
+    after = to_rfc3339(utc_now())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
+    assert before <= stamp <= after
+    assert from_rfc3339(stamp).tzinfo is not None
+
+
+def test_the_partitioner_sends_a_key_where_the_java_client_would() -> None:
+    partitioner = KeyHashPartitioner(max_keys=2)
+    partitions = list(range(12))
+    for key in [b"crab-01", b"tea", b"wh-1", b"crab-01", b"rice"]:
+        assert partitioner(key, partitions, partitions) == DefaultPartitioner()(
+            key, partitions, partitions
+        )
+    assert partitioner(None, partitions, [3]) == 3
