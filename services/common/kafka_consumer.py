@@ -85,6 +85,7 @@ class ConsumerRunner:
         max_records: int | None = None,
         fetch_min_bytes: int = 1,
         commit_interval_s: float = 0.2,
+        handles: frozenset[str] | None = None,
     ) -> None:
         self.group = group
         self._settings = settings
@@ -95,6 +96,10 @@ class ConsumerRunner:
         self._dlq_topic = dlq_topic
         self._max_records = max_records or settings.consumer_batch_max
         self._fetch_min_bytes = fetch_min_bytes
+        # The event types the handler acts on (None: all). Others on the same topics are
+        # counted, their offsets committed, and never decoded past the envelope: inventory
+        # reads every order.rejected of a sold-out burst only to pass it by.
+        self._handles = handles
         self._commit_interval_s = commit_interval_s
         # Handled but not yet committed: partition -> next offset.
         self._uncommitted: dict[TopicPartition, int] = {}
@@ -183,9 +188,12 @@ class ConsumerRunner:
         counts: collections.Counter[str] = collections.Counter()
         for record in records:
             try:
-                envelope = decode(record.value)
+                envelope = decode(record.value, self._handles)
             except InvalidEvent as exc:
                 await self._dead_letter(record, exc.reason)
+                continue
+            counts[envelope.type] += 1
+            if self._handles is not None and envelope.type not in self._handles:
                 continue
             events.append(
                 ConsumedEvent(
@@ -197,7 +205,6 @@ class ConsumerRunner:
                     timestamp_ms=record.timestamp,
                 )
             )
-            counts[envelope.type] += 1
         # Counted per batch, not per event: a labelled counter costs a lock and a lookup.
         for kind, count in counts.items():
             self._metrics.events_consumed.labels(self.group, records[0].topic, kind).inc(count)

@@ -166,6 +166,7 @@ def consumer_for(
     topics: Sequence[str],
     handler: BatchHandler,
     fetch_min_bytes: int = 1,
+    handles: frozenset[str] | None = None,
 ) -> ConsumerRunner:
     """The service's consumer group `<topic prefix><name>`, wired to the app's publisher,
     metrics and DLQ, its health part of `/readyz` ("consumer"). The caller starts it in
@@ -180,6 +181,7 @@ def consumer_for(
         metrics=app[METRICS],
         dlq_topic=app[TOPICS].dlq,
         fetch_min_bytes=fetch_min_bytes,
+        handles=handles,
     )
 
     async def healthy() -> bool:

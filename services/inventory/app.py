@@ -19,6 +19,7 @@ from services.common.web_app import (
     create_base_app,
 )
 from services.inventory.app_keys import INVENTORY_METRICS, STOCK_STORE
+from services.inventory.domain import HANDLED_EVENTS
 from services.inventory.hold_sweeper import HoldSweeper, OutboxPublisher
 from services.inventory.http_api import add_routes
 from services.inventory.metrics import InventoryMetrics
@@ -57,6 +58,7 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
             metrics=metrics,
             source=settings.instance_id,
         ),
+        handles=HANDLED_EVENTS,
     )
     sweeper = HoldSweeper(store=store, metrics=metrics, interval_s=settings.sweep_interval_s)
     outbox = OutboxPublisher(

@@ -259,6 +259,10 @@ class Cancellation:
 Step = PlaceRun | Payment | Cancellation
 
 
+# What inventory acts on from the orders topic (order.rejected was refused before it).
+HANDLED_EVENTS = frozenset({"order.placed", "order.paid", "order.cancelled"})
+
+
 def plan_batch(events: Sequence[ConsumedEvent]) -> dict[str, list[Step]]:
     """The steps per sku, in offset order within each sku.
 
@@ -270,7 +274,7 @@ def plan_batch(events: Sequence[ConsumedEvent]) -> dict[str, list[Step]]:
     plan: dict[str, list[Step]] = {}
     for event in events:
         kind = event.envelope.type
-        if kind not in ("order.placed", "order.paid", "order.cancelled"):
+        if kind not in HANDLED_EVENTS:
             continue
         steps = plan.setdefault(event.envelope.data["sku"], [])
         if kind == "order.placed":

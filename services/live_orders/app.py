@@ -30,6 +30,7 @@ from services.common.web_app import (
     create_base_app,
 )
 from services.live_orders.broadcast import BroadcastListener
+from services.live_orders.domain import OUTCOME_TRANSITIONS
 from services.live_orders.http_api import USE_CASES, UseCases, setup_routes
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_context import OrderContextCache
@@ -69,7 +70,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
     order_store = OrderStore(redis, keys, settings.order_retention_s, pipeline)
     session_store = SessionStore(redis, keys, pipeline)
     contexts = OrderContextCache(session_store)
-    sold_out = SoldOutSkus(redis, keys)
+    sold_out = SoldOutSkus(redis, keys, pipeline)
     waiters = OrderWaiters(order_store.get, metrics)
     outbox = OrderOutbox(
         store=order_store,
@@ -116,11 +117,12 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         app,
         name="live_orders",
         topics=[topics.inventory],
+        handles=frozenset({*OUTCOME_TRANSITIONS, "stock.changed"}),
         handler=InventoryOutcomes(
             orders=order_store,
             sold_out=sold_out,
             metrics=metrics,
-            redis=redis,
+            pipeline=pipeline,
             keys=keys,
             waiters=waiters,
         ).handle,

@@ -17,10 +17,9 @@ import logging
 from collections.abc import Sequence
 from typing import cast
 
-from redis.asyncio import Redis
-
 from services.common.clock import epoch_ms, now_rfc3339
 from services.common.kafka_consumer import ConsumedEvent
+from services.common.redis_batch import TickPipeline
 from services.live_orders.domain import OUTCOME_TRANSITIONS, OrderStatus, transition_fields
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_store import OrderStore, TransitionRequest
@@ -38,7 +37,7 @@ class InventoryOutcomes:
         orders: OrderStore,
         sold_out: SoldOutSkus,
         metrics: LiveOrdersMetrics,
-        redis: Redis,
+        pipeline: TickPipeline,
         keys: RedisKeys,
         waiters: OrderWaiters,
     ) -> None:
@@ -46,7 +45,7 @@ class InventoryOutcomes:
         self._orders = orders
         self._sold_out = sold_out
         self._metrics = metrics
-        self._redis = redis
+        self._pipeline = pipeline
         self._keys = keys
 
     async def handle(self, events: Sequence[ConsumedEvent]) -> None:
@@ -112,7 +111,9 @@ class InventoryOutcomes:
             # for the whole batch, from which every process wakes its own (here: again,
             # which moves nobody: updates only move an order forward).
             self._waiters.apply(updates)
-            await self._redis.publish(self._keys.order_updates_channel, encode_updates(updates))
+            await self._pipeline.command(
+                "PUBLISH", self._keys.order_updates_channel, encode_updates(updates)
+            )
 
     def _count(self, event: ConsumedEvent, outcome: str, previous: str, placed_ms: int) -> None:
         kind, data = event.envelope.type, event.envelope.data

@@ -16,6 +16,7 @@ import logging
 from redis.asyncio import Redis
 
 from services.common.background import cancel_requested
+from services.common.redis_batch import TickPipeline
 from services.common.redis_scripts import LuaScript
 from services.live_orders.order_store import as_text
 from services.live_orders.redis_keys import RedisKeys
@@ -26,8 +27,9 @@ REFRESH_INTERVAL_S = 1.0
 
 
 class SoldOutSkus:
-    def __init__(self, redis: Redis, keys: RedisKeys) -> None:
+    def __init__(self, redis: Redis, keys: RedisKeys, pipeline: TickPipeline | None = None) -> None:
         self._redis = redis
+        self._pipeline = pipeline or TickPipeline(redis)
         self._keys = keys
         self._apply = LuaScript("services.live_orders.lua", "apply_stock.lua")
         self._local: set[str] = set()
@@ -57,8 +59,8 @@ class SoldOutSkus:
         """Record one stock.changed (consumer side) and broadcast it; False if a newer
         state of the SKU was applied already. `version` is the event's (None for events
         from before it existed); apply_stock.lua says how the two kinds are ordered."""
-        applied = await self._apply(
-            self._redis,
+        applied = await self._pipeline.script(
+            self._apply,
             [self._keys.sold_out, self._keys.stock_seen, self._keys.stock_versions],
             [
                 self._keys.stock_channel,

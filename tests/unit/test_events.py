@@ -84,6 +84,16 @@ def test_data_is_checked_against_its_schema() -> None:
         decode(_document(data=missing))
 
 
+def test_a_consumer_skips_validating_the_data_of_types_it_does_not_act_on() -> None:
+    bad = _document(data={**PLACED, "quantity": 0})
+    assert decode(bad, data_of={"order.paid"}).type == "order.placed"
+    with pytest.raises(InvalidEvent, match="quantity"):
+        decode(bad, data_of={"order.placed"})
+    # The envelope and the type are still checked: an unknown type is never passed by.
+    with pytest.raises(InvalidEvent, match="unknown event type"):
+        decode(_document(type="order.exploded"), data_of={"order.paid"})
+
+
 def test_encode_refuses_an_invalid_event() -> None:
     with pytest.raises(InvalidEvent):
         encode(Envelope.create("order.placed", {**PLACED, "quantity": "two"}, source="t"))
