@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,26 +68,72 @@ class EventPublisher:
         self._producer = producer
         self._metrics = metrics
         self._timeout_s = timeout_s
+        # `publish` calls of the current loop tick: (topic, key, value, type, caller's future).
+        self._tick: list[tuple[str, bytes, bytes, str, asyncio.Future[None]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     @property
     def producer(self) -> AIOKafkaProducer:
         return self._producer
 
     async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
-        """One event: what `publish_many` does, without its task (a request's hot path)."""
+        """One event (a request's hot path). The events published in one loop tick are
+        sent together and their acknowledgements awaited with one timer, not one each."""
         value = encode(envelope)
         loop = asyncio.get_running_loop()
+        acknowledged: asyncio.Future[None] = loop.create_future()
+        self._tick.append((topic, key.encode(), value, envelope.type, acknowledged))
+        if len(self._tick) == 1:
+            loop.call_soon(self._send_tick)
+        await acknowledged
+
+    def _send_tick(self) -> None:
+        batch, self._tick = self._tick, []
+        task = asyncio.ensure_future(self._send_batch(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(
+        self, batch: list[tuple[str, bytes, bytes, str, asyncio.Future[None]]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout_s
-        # send() waits only for metadata or buffer room, bounded by the producer's
-        # request_timeout_ms (the publish timeout); no timer of our own on the hot path.
-        delivery = await self._producer.send(topic, value, key=key.encode())
-        self._metrics.events_published.labels(topic, envelope.type).inc()
-        if not delivery.done():
-            await asyncio.wait((delivery,), timeout=max(deadline - loop.time(), 0))
-            if not delivery.done():
+        deliveries: list[asyncio.Future[Any]] = []
+        try:
+            # send() waits only for metadata or buffer room, bounded by the producer's
+            # request_timeout_ms (the publish timeout).
+            for topic, key, value, _, _ in batch:
+                deliveries.append(await self._producer.send(topic, value, key=key))
+        except BaseException as exc:
+            for *_, acknowledged in batch[len(deliveries) :]:
+                if not acknowledged.done():
+                    acknowledged.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        counts = collections.Counter(
+            (topic, kind) for topic, _, _, kind, _ in batch[: len(deliveries)]
+        )
+        for (topic, kind), count in counts.items():
+            self._metrics.events_published.labels(topic, kind).inc(count)
+        waiting = [d for d in deliveries if not d.done()]
+        if waiting:
+            # asyncio.wait, not a cancelling timeout: aiokafka's delivery futures do not
+            # always give way to a cancellation while the broker is unreachable.
+            await asyncio.wait(waiting, timeout=max(deadline - loop.time(), 0))
+        for (*_, acknowledged), delivery in zip(batch, deliveries, strict=False):
+            if acknowledged.done():  # the caller gave up (cancelled)
                 delivery.add_done_callback(_retrieve)
-                raise KafkaTimeoutError(f"no acknowledgement within {self._timeout_s} s")
-        delivery.result()
+            elif not delivery.done():
+                delivery.add_done_callback(_retrieve)
+                acknowledged.set_exception(
+                    KafkaTimeoutError(f"no acknowledgement within {self._timeout_s} s")
+                )
+            elif delivery.cancelled():
+                acknowledged.set_exception(KafkaTimeoutError("the send was cancelled"))
+            elif (error := delivery.exception()) is not None:
+                acknowledged.set_exception(error)
+            else:
+                acknowledged.set_result(None)
 
     async def publish_many(self, items: Iterable[tuple[str, str, Envelope]]) -> None:
         """Send all, then wait for every acknowledgement: one round of batched requests
