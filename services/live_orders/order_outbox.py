@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 REPUBLISH_AFTER_MS = 10_000
 SWEEP_INTERVAL_S = 1.0
 SWEEP_BATCH = 500
+SWEEP_BATCHES_PER_RUN = 20
 
 
 def creation_event(order: Order, source: str) -> Envelope:
@@ -132,7 +133,12 @@ class OrderOutbox:
                     await self._publish(orders)
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_INTERVAL_S
-                    await self.sweep()
+                    # A full batch means more are waiting (the broker was away for a while):
+                    # keep going, a few batches at a time, rather than 500 a second.
+                    for _ in range(SWEEP_BATCHES_PER_RUN):
+                        examined, _ = await self._sweep_batch()
+                        if examined < SWEEP_BATCH:
+                            break
             except Exception:
                 if cancel_requested():
                     raise
@@ -140,11 +146,15 @@ class OrderOutbox:
                 log.warning("publishing from the outbox failed", exc_info=True)
 
     async def sweep(self) -> int:
-        """Publish what waited too long in the outbox; the number of orders published."""
+        """Publish what waited too long in the outbox (one batch); how many were sent."""
+        return (await self._sweep_batch())[1]
+
+    async def _sweep_batch(self) -> tuple[int, int]:
+        """(ids examined, orders published)."""
         now = epoch_ms()
         ids = await self._store.outbox_due(now - REPUBLISH_AFTER_MS, SWEEP_BATCH)
         if not ids:
-            return 0
+            return 0, 0
         orders = await asyncio.gather(*(self._store.get(order_id) for order_id in ids))
         done = [i for i, order in zip(ids, orders, strict=True) if order is None or order.published]
         todo = [order for order in orders if order is not None and not order.published]
@@ -157,7 +167,7 @@ class OrderOutbox:
             await self._publish(todo)
             self._metrics.republished_orders.inc(len(todo))
             log.info("republished orders from the outbox", extra={"orders": len(todo)})
-        return len(todo)
+        return len(ids), len(todo)
 
     async def _publish(self, orders: list[Order]) -> None:
         await self._publisher.publish_many(
