@@ -11,6 +11,7 @@ the three background parts of a process, stopped in reverse on shutdown:
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -97,6 +98,9 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         ),
     )
 
+    # Names this process in its outcome announcements, so its listener skips its own
+    # (random, not LC_INSTANCE_ID: two processes given the same id must not miss each other).
+    announcer = uuid.uuid4().hex
     # Listen before consuming: an outcome applied by this process's own consumer is then
     # always heard by its own waiters.
     listener = BroadcastListener(
@@ -106,6 +110,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         sold_out=sold_out,
         contexts=contexts,
         metrics=metrics,
+        source=announcer,
     )
     await listener.start()
     app[BROADCAST] = listener
@@ -125,6 +130,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
             pipeline=pipeline,
             keys=keys,
             waiters=waiters,
+            source=announcer,
         ).handle,
     )
     await consumer.start()

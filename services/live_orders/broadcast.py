@@ -40,7 +40,9 @@ class BroadcastListener:
         sold_out: SoldOutSkus,
         contexts: OrderContextCache,
         metrics: LiveOrdersMetrics,
+        source: str,
     ) -> None:
+        self._source = source
         self._contexts = contexts
         self._redis = redis
         self._keys = keys
@@ -113,7 +115,9 @@ class BroadcastListener:
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         name = channel.decode()
         if name == self._keys.order_updates_channel:
-            self._waiters.apply(decode_updates(data))
+            source, updates = decode_updates(data)
+            if source != self._source:  # this process woke its own waiters already
+                self._waiters.apply(updates)
         elif name == self._keys.sessions_channel:
             self._contexts.invalidate(data.decode())
         else:

@@ -58,12 +58,15 @@ class OrderUpdate:
         )
 
 
-def encode_updates(updates: Sequence[OrderUpdate]) -> bytes:
-    return orjson.dumps([[u.order_id, u.status, u.updated_at, u.fields] for u in updates])
+def encode_updates(updates: Sequence[OrderUpdate], source: str) -> bytes:
+    """The announcement of a batch of new states, naming the process that applied them."""
+    return orjson.dumps([source, [[u.order_id, u.status, u.updated_at, u.fields] for u in updates]])
 
 
-def decode_updates(raw: bytes) -> list[OrderUpdate]:
-    return [OrderUpdate(*item) for item in orjson.loads(raw)]
+def decode_updates(raw: bytes) -> tuple[str, list[OrderUpdate]]:
+    """(the announcing process, its updates)."""
+    source, items = orjson.loads(raw)
+    return source, [OrderUpdate(*item) for item in items]
 
 
 class Watch:

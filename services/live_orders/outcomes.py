@@ -40,7 +40,9 @@ class InventoryOutcomes:
         pipeline: TickPipeline,
         keys: RedisKeys,
         waiters: OrderWaiters,
+        source: str,
     ) -> None:
+        self._source = source
         self._waiters = waiters
         self._orders = orders
         self._sold_out = sold_out
@@ -108,11 +110,10 @@ class InventoryOutcomes:
                 self._count(event, result.outcome, result.previous, result.placed_ms)
         if updates:
             # This process's waiters first, at once (the states are stored); then one message
-            # for the whole batch, from which every process wakes its own (here: again,
-            # which moves nobody: updates only move an order forward).
+            # for the whole batch, from which every other process wakes its own.
             self._waiters.apply(updates)
             await self._pipeline.command(
-                "PUBLISH", self._keys.order_updates_channel, encode_updates(updates)
+                "PUBLISH", self._keys.order_updates_channel, encode_updates(updates, self._source)
             )
 
     def _count(self, event: ConsumedEvent, outcome: str, previous: str, placed_ms: int) -> None:

@@ -226,7 +226,7 @@ async def test_updates_move_an_order_forward_only_and_survive_the_wire() -> None
     pending = an_order()
     reserved = OrderUpdate("o1", "reserved", "t2", {"expires_at": "t9"})
     paid = OrderUpdate("o1", "paid", "t3", {"payment_ref": "p1"})
-    assert decode_updates(encode_updates([reserved, paid])) == [reserved, paid]
+    assert decode_updates(encode_updates([reserved, paid], "lo-1")) == ("lo-1", [reserved, paid])
     moved = paid.applied_to(reserved.applied_to(pending))
     assert (moved.status, moved.payment_ref, moved.expires_at) == ("paid", "p1", "t9")
     # A late (replayed or overtaken) announcement never moves an order back.
