@@ -9,6 +9,7 @@ which are born `rejected`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -93,9 +94,9 @@ class Listing:
         """Buyable now: the session is live and `now` is inside the listing's sale window."""
         if session_status != "live":
             return False
-        if self.sale_starts_at is not None and now < from_rfc3339(self.sale_starts_at):
+        if self.sale_starts_at is not None and now < _window_bound(self.sale_starts_at):
             return False
-        return not (self.sale_ends_at is not None and now >= from_rfc3339(self.sale_ends_at))
+        return not (self.sale_ends_at is not None and now >= _window_bound(self.sale_ends_at))
 
     def to_public(self) -> ListingData:
         return {
@@ -121,6 +122,12 @@ class Listing:
             sale_ends_at=record.get("sale_ends_at"),
             added_ms=int(record.get("added_ms", 0)),
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def _window_bound(text: str) -> datetime:
+    """A sale window's bound, parsed once: every order attempt of a sale checks it."""
+    return from_rfc3339(text)
 
 
 def new_listing(body: dict[str, Any], added_ms: int) -> Listing:
