@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
+# Adaptive fetches (`adaptive_fetch=True`): above BATCH_MODE_RATE events a second the
+# broker is asked to hold each fetch until BATCH_MIN_BYTES came or BATCH_MAX_WAIT_MS passed,
+# so a burst arrives in batches of a few ms instead of one request per handful of events
+# (each fetch, produce and Lua call is a fixed cost); below LATENCY_MODE_RATE fetches
+# return at once again, so a lone order waits for nobody.
+BATCH_MODE_RATE = 1_000
+LATENCY_MODE_RATE = 400
+BATCH_MIN_BYTES = 16 * 1024
+BATCH_MAX_WAIT_MS = 5
+RATE_WINDOW_S = 0.5
+
 
 @dataclass(frozen=True, slots=True)
 class ConsumedEvent:
@@ -86,6 +97,7 @@ class ConsumerRunner:
         fetch_min_bytes: int = 1,
         commit_interval_s: float = 0.2,
         handles: frozenset[str] | None = None,
+        adaptive_fetch: bool = False,
     ) -> None:
         self.group = group
         self._settings = settings
@@ -100,6 +112,10 @@ class ConsumerRunner:
         # counted, their offsets committed, and never decoded past the envelope: inventory
         # reads every order.rejected of a sold-out burst only to pass it by.
         self._handles = handles
+        self._adaptive_fetch = adaptive_fetch
+        self._batch_mode = False
+        self._window_started = 0.0
+        self._window_events = 0
         self._commit_interval_s = commit_interval_s
         # Handled but not yet committed: partition -> next offset.
         self._uncommitted: dict[TopicPartition, int] = {}
@@ -164,6 +180,8 @@ class ConsumerRunner:
             batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
             self._last_poll = time.monotonic()
             batches = {tp: records for tp, records in batches.items() if records}
+            if self._adaptive_fetch:
+                self._adapt_fetches(consumer, sum(len(r) for r in batches.values()))
             if not batches:
                 if self._uncommitted and self._commit_due():
                     async with self.processing:
@@ -211,6 +229,27 @@ class ConsumerRunner:
         if events:
             await self._call_handler(events)
         self._metrics.consumer_batch_size.labels(self.group).observe(len(records))
+
+    def _adapt_fetches(self, consumer: AIOKafkaConsumer, events: int) -> None:
+        now = time.monotonic()
+        self._window_events += events
+        elapsed = now - self._window_started
+        if elapsed < RATE_WINDOW_S:
+            return
+        rate = self._window_events / elapsed
+        self._window_started, self._window_events = now, 0
+        batch = rate >= BATCH_MODE_RATE or (self._batch_mode and rate > LATENCY_MODE_RATE)
+        if batch == self._batch_mode:
+            return
+        self._batch_mode = batch
+        # aiokafka reads these two when it builds each fetch request (aiokafka is pinned;
+        # tests/unit/test_kafka_consumer_adaptive.py fails if they move).
+        fetcher = consumer._fetcher
+        fetcher._fetch_min_bytes = BATCH_MIN_BYTES if batch else self._fetch_min_bytes
+        fetcher._fetch_max_wait_ms = (
+            BATCH_MAX_WAIT_MS if batch else self._settings.kafka_fetch_max_wait_ms
+        )
+        self._metrics.consumer_batch_mode.labels(self.group).set(1 if batch else 0)
 
     def _commit_due(self) -> bool:
         return time.monotonic() - self._last_commit >= self._commit_interval_s

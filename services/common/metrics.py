@@ -23,6 +23,7 @@ class PlatformMetrics:
     dead_lettered: Counter
     consumer_lag: Gauge
     consumer_batch_size: Histogram
+    consumer_batch_mode: Gauge
     handler_failures: Counter
 
     @classmethod
@@ -72,6 +73,12 @@ class PlatformMetrics:
                 "Events handled per consumed partition batch",
                 ["group"],
                 buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+                registry=registry,
+            ),
+            consumer_batch_mode=Gauge(
+                "lc_consumer_batch_mode",
+                "1 while the group's fetches wait a few ms to fill (a burst), 0 otherwise",
+                ["group"],
                 registry=registry,
             ),
             handler_failures=Counter(

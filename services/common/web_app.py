@@ -167,6 +167,7 @@ def consumer_for(
     handler: BatchHandler,
     fetch_min_bytes: int = 1,
     handles: frozenset[str] | None = None,
+    adaptive_fetch: bool = False,
 ) -> ConsumerRunner:
     """The service's consumer group `<topic prefix><name>`, wired to the app's publisher,
     metrics and DLQ, its health part of `/readyz` ("consumer"). The caller starts it in
@@ -182,6 +183,7 @@ def consumer_for(
         dlq_topic=app[TOPICS].dlq,
         fetch_min_bytes=fetch_min_bytes,
         handles=handles,
+        adaptive_fetch=adaptive_fetch,
     )
 
     async def healthy() -> bool:

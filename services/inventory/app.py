@@ -59,6 +59,7 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
             source=settings.instance_id,
         ),
         handles=HANDLED_EVENTS,
+        adaptive_fetch=True,
     )
     sweeper = HoldSweeper(store=store, metrics=metrics, interval_s=settings.sweep_interval_s)
     outbox = OutboxPublisher(

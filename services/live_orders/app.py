@@ -123,6 +123,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         name="live_orders",
         topics=[topics.inventory],
         handles=frozenset({*OUTCOME_TRANSITIONS, "stock.changed"}),
+        adaptive_fetch=True,
         handler=InventoryOutcomes(
             orders=order_store,
             sold_out=sold_out,

@@ -1,0 +1,89 @@
+"""Adaptive fetches: the runner switches aiokafka's fetch parameters with the event rate.
+They are aiokafka internals (the version is pinned): the first test fails if an upgrade
+moves them, the others drive the switch on a stand-in consumer (no broker)."""
+
+from __future__ import annotations
+
+import inspect
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.consumer.fetcher import Fetcher
+
+from services.common import kafka_consumer
+from services.common.kafka_consumer import (
+    BATCH_MAX_WAIT_MS,
+    BATCH_MIN_BYTES,
+    ConsumerRunner,
+)
+from services.common.metrics import PlatformMetrics
+from services.common.settings import Settings
+
+
+def test_aiokafka_still_builds_fetches_from_the_attributes_we_set() -> None:
+    source = inspect.getsource(Fetcher)
+    for name in ("self._fetch_min_bytes", "self._fetch_max_wait_ms"):
+        assert f"{name} = " in source, f"aiokafka's Fetcher no longer sets {name}"
+    building = inspect.getsource(Fetcher._get_actions_per_node)
+    assert "self._fetch_min_bytes" in building and "self._fetch_max_wait_ms" in building
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(kafka_consumer.time, "monotonic", clock)
+    return clock
+
+
+def adaptive_runner() -> tuple[ConsumerRunner, Any, PlatformMetrics]:
+    settings = Settings(service="inventory", jwt_secret="s" * 32, kafka_fetch_max_wait_ms=50)
+    metrics = PlatformMetrics.create()
+    runner = ConsumerRunner(
+        settings=settings,
+        group="lc.inventory",
+        topics=["lc.orders"],
+        handler=lambda events: None,  # type: ignore[arg-type,return-value]
+        publisher=None,  # type: ignore[arg-type]
+        metrics=metrics,
+        dlq_topic="lc.dlq",
+        adaptive_fetch=True,
+    )
+    consumer = SimpleNamespace(_fetcher=SimpleNamespace(_fetch_min_bytes=1, _fetch_max_wait_ms=50))
+    return runner, consumer, metrics
+
+
+def feed(runner: ConsumerRunner, consumer: Any, clock: Clock, rate: int, seconds: float) -> None:
+    """`rate` events a second, in polls every 10 ms."""
+    for _ in range(int(seconds * 100)):
+        clock.now += 0.01
+        runner._adapt_fetches(consumer, rate // 100)
+
+
+def test_fetches_wait_to_fill_during_a_burst_and_return_at_once_after(clock: Clock) -> None:
+    runner, consumer, metrics = adaptive_runner()
+    runner._window_started = clock.now
+    feed(runner, consumer, clock, rate=300, seconds=2)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 50)
+    feed(runner, consumer, clock, rate=3000, seconds=1)
+    assert consumer._fetcher._fetch_min_bytes == BATCH_MIN_BYTES
+    assert consumer._fetcher._fetch_max_wait_ms == BATCH_MAX_WAIT_MS
+    assert (
+        metrics.registry.get_sample_value("lc_consumer_batch_mode", {"group": "lc.inventory"}) == 1
+    )
+    # Between the two thresholds it stays as it is (no flapping around one rate).
+    feed(runner, consumer, clock, rate=700, seconds=2)
+    assert consumer._fetcher._fetch_min_bytes == BATCH_MIN_BYTES
+    feed(runner, consumer, clock, rate=100, seconds=1)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 50)
+    assert (
+        metrics.registry.get_sample_value("lc_consumer_batch_mode", {"group": "lc.inventory"}) == 0
+    )
