@@ -21,6 +21,7 @@ from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_outbox import REPUBLISH_AFTER_MS, OrderOutbox
 from services.live_orders.order_store import OrderStore
 from services.live_orders.redis_keys import RedisKeys, new_order_id
+from tests import live_orders_support as support
 from tests.conftest import Backends
 from tests.kafka_offsets import read_topic
 
@@ -54,21 +55,8 @@ async def parts(
 
 
 def an_order(buyer: str, status: str = "pending") -> Order:
-    return Order(
-        order_id=new_order_id(buyer),
-        status=status,  # type: ignore[arg-type]
-        session_id="s1",
-        sku="crab",
-        buyer_id=buyer,
-        quantity=1,
-        unit_price_cents=100,
-        total_cents=100,
-        per_user_limit=2,
-        placed_at="2030-01-01T00:00:00.000Z",
-        placed_ms=1,
-        updated_at="2030-01-01T00:00:00.000Z",
-        reason="sold_out" if status == "rejected" else None,
-    )
+    """A new order of `buyer`, its id in the buyer's slot, as live_orders makes them."""
+    return support.an_order(new_order_id(buyer), status, buyer_id=buyer)
 
 
 async def place(store: OrderStore, order: Order, key: str, now_ms: int, burst: int = 10) -> Any:

@@ -21,6 +21,7 @@ from services.live_orders.order_store import (
 from services.live_orders.redis_keys import RedisKeys
 from services.live_orders.sold_out import SoldOutSkus
 from tests.conftest import Backends, new_prefix
+from tests.live_orders_support import an_order
 
 pytestmark = pytest.mark.integration
 
@@ -32,23 +33,6 @@ async def redis(backends: Backends) -> AsyncIterator[Any]:
     client = create_redis(backends.redis_url)
     yield client
     await client.aclose()
-
-
-def an_order(order_id: str, status: str = "pending") -> Order:
-    return Order(
-        order_id=order_id,
-        status=status,  # type: ignore[arg-type]
-        session_id="s1",
-        sku="crab",
-        buyer_id="b1",
-        quantity=1,
-        unit_price_cents=100,
-        total_cents=100,
-        per_user_limit=2,
-        placed_at="2030-01-01T00:00:00.000Z",
-        placed_ms=1,
-        updated_at="2030-01-01T00:00:00.000Z",
-    )
 
 
 async def create(store: OrderStore, order: Order, now_ms: int = 0, key: str = "") -> Placement:
