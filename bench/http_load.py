@@ -573,7 +573,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("uvloop", "asyncio"),
         help="event loop of the empty handler (default: the stack's LC_EVENT_LOOP, else uvloop)",
     )
-    parser.add_argument("--idle-seconds", type=float, default=3, help="idle CPU window")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=5, help="idle CPU: the quietest second of this many"
+    )
     parser.add_argument(
         "--settle-margin",
         type=float,
