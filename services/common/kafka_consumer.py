@@ -19,16 +19,16 @@ import base64
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from services.common.background import cancel_requested, stop_tasks
-from services.common.events import Envelope, InvalidEvent, decode
-from services.common.kafka_producer import EventPublisher
+from services.common.consumed import ConsumedEvent
+from services.common.events import Envelope, InvalidEvent, Publisher, receive
+from services.common.messages import EventDeadLettered, Message
 from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
 
@@ -48,18 +48,8 @@ BATCH_MAX_WAIT_MS = 5
 RATE_WINDOW_S = 0.5
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumedEvent:
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    envelope: Envelope
-    timestamp_ms: int
-
-
 # Receives the decoded events of one partition, in offset order.
-BatchHandler = Callable[[Sequence[ConsumedEvent]], Awaitable[None]]
+BatchHandler = Callable[[Sequence[ConsumedEvent[Message]]], Awaitable[None]]
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -90,13 +80,13 @@ class ConsumerRunner:
         group: str,
         topics: Sequence[str],
         handler: BatchHandler,
-        publisher: EventPublisher,
+        publisher: Publisher,
         metrics: PlatformMetrics,
         dlq_topic: str,
         max_records: int | None = None,
         fetch_min_bytes: int = 1,
         commit_interval_s: float = 0.2,
-        handles: frozenset[str] | None = None,
+        handles: Collection[type[Message]] | None = None,
         adaptive_fetch: bool = False,
     ) -> None:
         self.group = group
@@ -111,7 +101,7 @@ class ConsumerRunner:
         # The event types the handler acts on (None: all). Others on the same topics are
         # counted, their offsets committed, and never decoded past the envelope: inventory
         # reads every order.rejected of a sold-out burst only to pass it by.
-        self._handles = handles
+        self._handles = frozenset(handles) if handles is not None else None
         self._adaptive_fetch = adaptive_fetch
         self._batch_mode = False
         self._window_started = 0.0
@@ -202,16 +192,17 @@ class ConsumerRunner:
                     await self.commit_pending()
 
     async def _handle_partition(self, records: list[ConsumerRecord]) -> None:
-        events: list[ConsumedEvent] = []
+        events: list[ConsumedEvent[Message]] = []
         counts: collections.Counter[str] = collections.Counter()
         for record in records:
             try:
-                envelope = decode(record.value, self._handles)
+                received = receive(record.value)
+                counts[received.type] += 1
+                if self._handles is not None and received.message_class not in self._handles:
+                    continue
+                envelope = received.decode()
             except InvalidEvent as exc:
                 await self._dead_letter(record, exc.reason)
-                continue
-            counts[envelope.type] += 1
-            if self._handles is not None and envelope.type not in self._handles:
                 continue
             events.append(
                 ConsumedEvent(
@@ -277,7 +268,7 @@ class ConsumerRunner:
                     max(highwater - next_offset, 0)
                 )
 
-    async def _call_handler(self, events: list[ConsumedEvent]) -> None:
+    async def _call_handler(self, events: list[ConsumedEvent[Message]]) -> None:
         attempt = 0
         while True:
             try:
@@ -300,19 +291,16 @@ class ConsumerRunner:
             return
 
     async def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
-        dead = Envelope.create(
-            "event.dead_lettered",
-            {
-                "reason": reason[:2000],
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "consumer_group": self.group,
-                "key_b64": base64.b64encode(record.key).decode()
-                if record.key is not None
-                else None,
-                "value_b64": base64.b64encode(record.value or b"").decode(),
-            },
+        dead = Envelope.of(
+            EventDeadLettered(
+                reason=reason[:2000],
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                consumer_group=self.group,
+                key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
+                value_b64=base64.b64encode(record.value or b"").decode(),
+            ),
             source=self._settings.instance_id,
             # Several groups read the same bad message: each records it once.
             dedup_key=f"{self.group}:{record.topic}:{record.partition}:{record.offset}",

@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaTimeoutError
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 
 from services.common.events import Envelope, encode
+from services.common.messages import Message
 from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
 
@@ -76,7 +77,7 @@ class EventPublisher:
     def producer(self) -> AIOKafkaProducer:
         return self._producer
 
-    async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
+    async def publish(self, topic: str, key: str, envelope: Envelope[Message]) -> None:
         """One event (a request's hot path). The events published in one loop tick are
         sent together and their acknowledgements awaited with one timer, not one each."""
         value = encode(envelope)
@@ -135,7 +136,7 @@ class EventPublisher:
             else:
                 acknowledged.set_result(None)
 
-    async def publish_many(self, items: Iterable[tuple[str, str, Envelope]]) -> None:
+    async def publish_many(self, items: Iterable[tuple[str, str, Envelope[Message]]]) -> None:
         """Send all, then wait for every acknowledgement: one round of batched requests
         instead of one round trip per event. Raises if any send failed or timed out."""
         sending = asyncio.ensure_future(self._send_all(list(items)))
@@ -153,7 +154,7 @@ class EventPublisher:
             raise KafkaTimeoutError(f"no acknowledgement within {self._timeout_s} s")
         sending.result()
 
-    async def _send_all(self, items: list[tuple[str, str, Envelope]]) -> None:
+    async def _send_all(self, items: list[tuple[str, str, Envelope[Message]]]) -> None:
         pending = []
         for topic, key, envelope in items:
             pending.append(await self._producer.send(topic, encode(envelope), key=key.encode()))

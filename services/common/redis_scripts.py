@@ -3,11 +3,15 @@
 A script is read with `importlib.resources`, registered once per client, and called by
 SHA. When Redis answers NOSCRIPT (it restarted, or SCRIPT FLUSH ran) the script is loaded
 again and the call repeated once: the script did not run, so repeating it is safe.
+
+A line `--#include <name>.lua` is replaced by that file of the same package (Lua has no
+imports inside Redis): a step several scripts share (releasing a hold) is written once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from importlib import resources
 from typing import Any
 
@@ -21,10 +25,24 @@ KeyT = str | bytes
 ArgT = str | bytes | int | float
 
 
+_INCLUDE = re.compile(r"^--#include ([\w.-]+\.lua)$", re.MULTILINE)
+
+
+def read_script(package: str, filename: str, including: tuple[str, ...] = ()) -> str:
+    """The script's source with its `--#include` lines replaced by the files they name."""
+    if filename in including:
+        raise ValueError(f"{filename} includes itself: {' -> '.join((*including, filename))}")
+    text = resources.files(package).joinpath(filename).read_text("utf-8")
+    return _INCLUDE.sub(
+        lambda match: read_script(package, match.group(1), (*including, filename)).rstrip("\n"),
+        text,
+    )
+
+
 class LuaScript:
     def __init__(self, package: str, filename: str) -> None:
         self.name = filename
-        self.source = resources.files(package).joinpath(filename).read_text("utf-8")
+        self.source = read_script(package, filename)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(self, client: Redis, keys: list[KeyT], args: list[ArgT]) -> Any:

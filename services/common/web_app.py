@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ from services.common.json_logging import configure_logging
 from services.common.kafka_consumer import BatchHandler, ConsumerRunner
 from services.common.kafka_producer import EventPublisher, create_producer
 from services.common.kafka_topics import Topics, ensure_topics
+from services.common.messages import Message
 from services.common.metrics import PlatformMetrics
 from services.common.problems import ProblemError, bad_request, problem_response, unprocessable
 from services.common.readiness import Readiness, kafka_check, redis_check
@@ -166,7 +167,7 @@ def consumer_for(
     topics: Sequence[str],
     handler: BatchHandler,
     fetch_min_bytes: int = 1,
-    handles: frozenset[str] | None = None,
+    handles: Collection[type[Message]] | None = None,
     adaptive_fetch: bool = False,
 ) -> ConsumerRunner:
     """The service's consumer group `<topic prefix><name>`, wired to the app's publisher,

@@ -19,11 +19,10 @@ from services.common.web_app import (
     create_base_app,
 )
 from services.inventory.app_keys import INVENTORY_METRICS, STOCK_STORE
-from services.inventory.domain import HANDLED_EVENTS
+from services.inventory.handlers import EventHandlers
 from services.inventory.hold_sweeper import HoldSweeper, OutboxPublisher
 from services.inventory.http_api import add_routes
 from services.inventory.metrics import InventoryMetrics
-from services.inventory.order_consumer import OrderEventHandler
 from services.inventory.stock_store import StockStore
 
 
@@ -47,18 +46,19 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
     store = StockStore(app[REDIS], settings)
     app[STOCK_STORE] = store
 
+    handlers = EventHandlers(
+        store=store,
+        publisher=publisher,
+        topics=topics,
+        metrics=metrics,
+        source=settings.instance_id,
+    )
     consumer = consumer_for(
         app,
         name="inventory",
         topics=[topics.orders],
-        handler=OrderEventHandler(
-            store=store,
-            publisher=publisher,
-            topics=topics,
-            metrics=metrics,
-            source=settings.instance_id,
-        ),
-        handles=HANDLED_EVENTS,
+        handler=handlers,
+        handles=handlers.handles,
         adaptive_fetch=True,
     )
     sweeper = HoldSweeper(store=store, metrics=metrics, interval_s=settings.sweep_interval_s)

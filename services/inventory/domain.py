@@ -1,20 +1,15 @@
 """What inventory decides about, as plain values: no I/O here.
 
 The decisions themselves run in Redis Lua (atomicity across consumers); this module holds
-the shapes the scripts read and write, the lot order they allocate in, and how a consumed
-partition batch is cut into script calls.
+the shapes the scripts read and write and the lot order they allocate in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Literal
 
-import orjson
-
-from services.common.event_types import RejectReason
-from services.common.kafka_consumer import ConsumedEvent
+from services.common.messages import OrderPlaced, RejectReason
 
 # The state an order has in inventory's eyes. `unknown`: no order.placed was decided.
 OrderState = Literal["reserved", "rejected", "committed", "released", "expired"]
@@ -32,16 +27,6 @@ class StockLevels:
     # stock.changed carries it so consumers keep the newest state whatever order the
     # snapshots of several publishers arrive in. 0 before the first change.
     version: int = 0
-
-    @classmethod
-    def from_redis(cls, values: Sequence[Any]) -> StockLevels:
-        """From HMGET received available reserved sold v (a missing field reads 0)."""
-        received, available, reserved, sold, version = (
-            int(v) if v is not None else 0 for v in values
-        )
-        return cls(
-            received=received, available=available, reserved=reserved, sold=sold, version=version
-        )
 
     @property
     def consistent(self) -> bool:
@@ -63,16 +48,15 @@ class PlacedOrder:
     total_cents: int
 
     @classmethod
-    def from_event(cls, event: ConsumedEvent) -> PlacedOrder:
-        data = event.envelope.data
+    def from_message(cls, offset: int, placed: OrderPlaced) -> PlacedOrder:
         return cls(
-            offset=event.offset,
-            order_id=data["order_id"],
-            buyer_id=data["buyer_id"],
-            quantity=data["quantity"],
-            per_user_limit=data["per_user_limit"],
-            session_id=data["session_id"],
-            total_cents=data["total_cents"],
+            offset=offset,
+            order_id=placed.order_id,
+            buyer_id=placed.buyer_id,
+            quantity=placed.quantity,
+            per_user_limit=placed.per_user_limit,
+            session_id=placed.session_id,
+            total_cents=placed.total_cents,
         )
 
 
@@ -101,34 +85,6 @@ class OrderRecord:
     allocations: tuple[Allocation, ...] = ()
     payment_ref: str | None = None
     committed_ms: int | None = None
-
-    @classmethod
-    def from_json(cls, order_id: str, raw: bytes | str) -> OrderRecord:
-        # Field names are short because every record is written by Lua (cjson) and read
-        # back on every replay; see reserve_batch.lua and commit.lua.
-        doc: dict[str, Any] = orjson.loads(raw)
-        allocations = doc.get("a") or []
-        return cls(
-            order_id=order_id,
-            state=cast(OrderState, doc["s"]),
-            session_id=str(doc["sid"]),
-            buyer_id=str(doc["b"]),
-            quantity=int(doc["q"]),
-            total_cents=int(doc["t"]),
-            reason=cast(RejectReason | None, doc.get("r")),
-            expires_ms=int(doc["x"]) if "x" in doc else None,
-            allocations=tuple(
-                Allocation(
-                    lot_code=str(a["lot_code"]),
-                    warehouse_id=str(a["warehouse_id"]),
-                    quantity=int(a["quantity"]),
-                    expires_on=a.get("expires_on") or None,
-                )
-                for a in allocations
-            ),
-            payment_ref=doc.get("pr"),
-            committed_ms=int(doc["ca"]) if "ca" in doc else None,
-        )
 
     @property
     def confirmed(self) -> bool:
@@ -192,28 +148,6 @@ class Lot:
     expires_on: str | None
     origin: str | None
 
-    @classmethod
-    def from_json(cls, lot_code: str, raw: bytes | str) -> Lot:
-        doc: dict[str, Any] = orjson.loads(raw)
-        return cls(
-            lot_code=lot_code,
-            warehouse_id=str(doc["warehouse_id"]),
-            quantity=int(doc["quantity"]),
-            allocated=int(doc["allocated"]),
-            expires_on=doc.get("expires_on") or None,
-            origin=doc.get("origin") or None,
-        )
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "lot_code": self.lot_code,
-            "warehouse_id": self.warehouse_id,
-            "quantity": self.quantity,
-            "allocated": self.allocated,
-            "expires_on": self.expires_on,
-            "origin": self.origin,
-        }
-
 
 def fefo_key(lot: Lot) -> tuple[bool, str, str]:
     """First-expired-first-out, lots without an expiry date last, ties by lot_code: the
@@ -234,56 +168,3 @@ class SkuView:
     sku: str
     levels: StockLevels
     lots: list[Lot]
-
-
-# -- cutting a consumed batch into script calls
-
-
-@dataclass(frozen=True, slots=True)
-class PlaceRun:
-    """Consecutive order.placed events of one sku: one reserve_batch call."""
-
-    events: list[ConsumedEvent]
-
-
-@dataclass(frozen=True, slots=True)
-class Payment:
-    event: ConsumedEvent
-
-
-@dataclass(frozen=True, slots=True)
-class Cancellation:
-    event: ConsumedEvent
-
-
-Step = PlaceRun | Payment | Cancellation
-
-
-# What inventory acts on from the orders topic (order.rejected was refused before it).
-HANDLED_EVENTS = frozenset({"order.placed", "order.paid", "order.cancelled"})
-
-
-def plan_batch(events: Sequence[ConsumedEvent]) -> dict[str, list[Step]]:
-    """The steps per sku, in offset order within each sku.
-
-    Skus are independent (own keys, own slot), so their steps may run concurrently; within
-    a sku the order is kept, because a payment must see the hold its order.placed made.
-    Events inventory does not act on (order.rejected: refused before it got here) are left
-    out, which lets the order.placed around them form one run.
-    """
-    plan: dict[str, list[Step]] = {}
-    for event in events:
-        kind = event.envelope.type
-        if kind not in HANDLED_EVENTS:
-            continue
-        steps = plan.setdefault(event.envelope.data["sku"], [])
-        if kind == "order.placed":
-            if steps and isinstance(steps[-1], PlaceRun):
-                steps[-1].events.append(event)
-            else:
-                steps.append(PlaceRun([event]))
-        elif kind == "order.paid":
-            steps.append(Payment(event))
-        else:
-            steps.append(Cancellation(event))
-    return plan

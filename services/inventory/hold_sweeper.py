@@ -16,9 +16,10 @@ import logging
 
 from services.common.background import cancel_requested
 from services.common.clock import epoch_ms
+from services.common.events import Outgoing
 from services.common.kafka_producer import EventPublisher
 from services.common.kafka_topics import Topics
-from services.inventory import outcomes
+from services.inventory import outcome_events
 from services.inventory.metrics import InventoryMetrics
 from services.inventory.stock_store import StockStore
 
@@ -102,9 +103,14 @@ class OutboxPublisher:
         for sku, _ in await self._store.skus_with_holds():
             while records := await self._store.read_outbox(sku, SWEEP_BATCH):
                 levels = await self._store.stock_levels(sku)
-                envelopes = [outcomes.reservation_expired(sku, r, self._source) for r in records]
-                envelopes.append(outcomes.stock_changed(sku, levels, self._source))
-                messages = [(self._topics.inventory, sku, e) for e in envelopes]
+                topic = self._topics.inventory
+                messages: list[Outgoing] = [
+                    (topic, sku, outcome_events.reservation_expired(sku, r, self._source))
+                    for r in records
+                ]
+                messages.append(
+                    (topic, sku, outcome_events.stock_changed(sku, levels, self._source))
+                )
                 await self._publisher.publish_many(messages)
                 # Only after the acknowledgement: what is removed is on every replica.
                 await self._store.remove_from_outbox(sku, [r.order_id for r in records])

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from services.common.problems import conflict, json_response, not_found, unprocessable
 from services.common.web_app import PUBLISHER, SETTINGS, TOPICS, principal, read_json_body
-from services.inventory import outcomes
+from services.inventory import outcome_events
 from services.inventory.app_keys import STOCK_STORE
 from services.inventory.domain import Lot, LotInput
 
@@ -49,7 +49,7 @@ async def put_lot(request: web.Request) -> web.Response:
     await request.app[PUBLISHER].publish(
         request.app[TOPICS].inventory,
         sku,
-        outcomes.stock_changed(sku, result.levels, settings.instance_id),
+        outcome_events.stock_changed(sku, result.levels, settings.instance_id),
     )
     return json_response(
         _lot_body(sku, result.lot), status=201 if result.status == "created" else 200
@@ -69,10 +69,22 @@ async def get_sku(request: web.Request) -> web.Response:
             "available": view.levels.available,
             "reserved": view.levels.reserved,
             "sold": view.levels.sold,
-            "lots": [lot.as_json() for lot in view.lots],
+            "lots": [lot_view(lot) for lot in view.lots],
         }
     )
 
 
 def _lot_body(sku: str, lot: Lot) -> dict[str, Any]:
-    return {"sku": sku, **lot.as_json()}
+    return {"sku": sku, **lot_view(lot)}
+
+
+def lot_view(lot: Lot) -> dict[str, Any]:
+    """A lot as the HTTP API answers it."""
+    return {
+        "lot_code": lot.lot_code,
+        "warehouse_id": lot.warehouse_id,
+        "quantity": lot.quantity,
+        "allocated": lot.allocated,
+        "expires_on": lot.expires_on,
+        "origin": lot.origin,
+    }

@@ -20,12 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import orjson
 from redis.asyncio import Redis
 
 from services.common.clock import epoch_ms
+from services.common.messages import RejectReason
 from services.common.redis_scripts import ArgT, LuaScript
 from services.common.settings import Settings
 from services.inventory.domain import (
+    Allocation,
     HoldOutcome,
     HoldStatus,
     Lot,
@@ -33,6 +36,7 @@ from services.inventory.domain import (
     LotUpsertResult,
     LotUpsertStatus,
     OrderRecord,
+    OrderState,
     PlacedOrder,
     ReservationDecision,
     ReserveBatchResult,
@@ -41,6 +45,8 @@ from services.inventory.domain import (
     SweepResult,
     fefo_key,
 )
+
+LUA = "services.inventory.lua"
 
 # The version `v` is read with the counters (one HMGET), so it always names that state.
 LEVEL_FIELDS = ("received", "available", "reserved", "sold", "v")
@@ -89,13 +95,13 @@ class StockStore:
         self._redis = redis
         self._prefix = settings.redis_prefix
         self._ttl_ms = round(settings.reservation_ttl_s * 1000)
-        self._reserve_batch = LuaScript("services.inventory", "reserve_batch.lua")
-        self._commit = LuaScript("services.inventory", "commit.lua")
-        self._release = LuaScript("services.inventory", "release.lua")
-        self._expire_holds = LuaScript("services.inventory", "expire_holds.lua")
-        self._upsert_lot = LuaScript("services.inventory", "upsert_lot.lua")
-        self._track_holds = LuaScript("services.inventory", "track_holds.lua")
-        self._forget_sku = LuaScript("services.inventory", "forget_sku.lua")
+        self._reserve_batch = LuaScript(LUA, "reserve_batch.lua")
+        self._commit = LuaScript(LUA, "commit.lua")
+        self._release = LuaScript(LUA, "release.lua")
+        self._expire_holds = LuaScript(LUA, "expire_holds.lua")
+        self._upsert_lot = LuaScript(LUA, "upsert_lot.lua")
+        self._track_holds = LuaScript(LUA, "track_holds.lua")
+        self._forget_sku = LuaScript(LUA, "forget_sku.lua")
 
     def keys(self, sku: str) -> SkuKeys:
         return SkuKeys(self._prefix, sku)
@@ -145,12 +151,12 @@ class StockStore:
                 continue
             decisions.append(
                 ReservationDecision(
-                    record=OrderRecord.from_json(order_id, raw_record),
+                    record=record_from_json(order_id, raw_record),
                     offset=offsets[order_id],
                     fresh=bool(fresh),
                 )
             )
-        return ReserveBatchResult(StockLevels.from_redis(levels), decisions, skipped)
+        return ReserveBatchResult(levels_from_redis(levels), decisions, skipped)
 
     async def commit(
         self,
@@ -205,7 +211,7 @@ class StockStore:
             released=int(released),
             holds_left=int(holds_left),
             outbox_len=int(outbox_len),
-            levels=StockLevels.from_redis(levels),
+            levels=levels_from_redis(levels),
         )
 
     async def upsert_lot(self, sku: str, lot: LotInput) -> LotUpsertResult:
@@ -223,9 +229,9 @@ class StockStore:
             ],
         )
         state = cast(LotUpsertStatus, _text(status))
-        stored = Lot.from_json(lot.lot_code, payload) if state != "conflict" else None
+        stored = lot_from_json(lot.lot_code, payload) if state != "conflict" else None
         detail = _text(payload) if state == "conflict" else ""
-        return LotUpsertResult(state, stored, detail, StockLevels.from_redis(levels))
+        return LotUpsertResult(state, stored, detail, levels_from_redis(levels))
 
     # -- reads
 
@@ -238,15 +244,15 @@ class StockStore:
             levels, lots = await pipe.execute()
         if levels[0] is None:
             return None
-        parsed = [Lot.from_json(_text(code), raw) for code, raw in lots.items()]
-        return SkuView(sku, StockLevels.from_redis(levels), sorted(parsed, key=fefo_key))
+        parsed = [lot_from_json(_text(code), raw) for code, raw in lots.items()]
+        return SkuView(sku, levels_from_redis(levels), sorted(parsed, key=fefo_key))
 
     async def stock_levels(self, sku: str) -> StockLevels:
-        return StockLevels.from_redis(await self._redis.hmget(self.keys(sku).stock, LEVEL_FIELDS))
+        return levels_from_redis(await self._redis.hmget(self.keys(sku).stock, LEVEL_FIELDS))
 
     async def order_record(self, sku: str, order_id: str) -> OrderRecord | None:
         raw = await self._redis.hget(self.keys(sku).orders, order_id)
-        return OrderRecord.from_json(order_id, raw) if raw is not None else None
+        return record_from_json(order_id, raw) if raw is not None else None
 
     async def buyer_units(self, sku: str) -> dict[str, int]:
         """Units per buyer (reserved + paid), for the per-user limit."""
@@ -281,7 +287,7 @@ class StockStore:
         while True:
             page = await self._redis.hscan(self.keys(sku).outbox, cursor, count=limit)
             cursor, entries = cast(tuple[int, dict[bytes, bytes]], page)
-            records += [OrderRecord.from_json(_text(oid), raw) for oid, raw in entries.items()]
+            records += [record_from_json(_text(oid), raw) for oid, raw in entries.items()]
             if cursor == 0 or len(records) >= limit:
                 return records
 
@@ -305,6 +311,57 @@ def _hold_outcome(order_id: str, reply: list[Any]) -> HoldOutcome:
     return HoldOutcome(
         status=cast(HoldStatus, _text(status)),
         fresh=bool(fresh),
-        record=OrderRecord.from_json(order_id, raw_record) if raw_record else None,
-        levels=StockLevels.from_redis(levels),
+        record=record_from_json(order_id, raw_record) if raw_record else None,
+        levels=levels_from_redis(levels),
+    )
+
+
+# -- record codecs: what the Lua scripts store, as domain values
+
+
+def levels_from_redis(values: Sequence[Any]) -> StockLevels:
+    """From HMGET received available reserved sold v (a missing field reads 0)."""
+    received, available, reserved, sold, version = (int(v) if v is not None else 0 for v in values)
+    return StockLevels(
+        received=received, available=available, reserved=reserved, sold=sold, version=version
+    )
+
+
+def record_from_json(order_id: str, raw: bytes | str) -> OrderRecord:
+    # Field names are short because every record is written by Lua (cjson) and read
+    # back on every replay; see reserve_batch.lua and commit.lua.
+    doc: dict[str, Any] = orjson.loads(raw)
+    allocations = doc.get("a") or []
+    return OrderRecord(
+        order_id=order_id,
+        state=cast(OrderState, doc["s"]),
+        session_id=str(doc["sid"]),
+        buyer_id=str(doc["b"]),
+        quantity=int(doc["q"]),
+        total_cents=int(doc["t"]),
+        reason=cast(RejectReason | None, doc.get("r")),
+        expires_ms=int(doc["x"]) if "x" in doc else None,
+        allocations=tuple(
+            Allocation(
+                lot_code=str(a["lot_code"]),
+                warehouse_id=str(a["warehouse_id"]),
+                quantity=int(a["quantity"]),
+                expires_on=a.get("expires_on") or None,
+            )
+            for a in allocations
+        ),
+        payment_ref=doc.get("pr"),
+        committed_ms=int(doc["ca"]) if "ca" in doc else None,
+    )
+
+
+def lot_from_json(lot_code: str, raw: bytes | str) -> Lot:
+    doc: dict[str, Any] = orjson.loads(raw)
+    return Lot(
+        lot_code=lot_code,
+        warehouse_id=str(doc["warehouse_id"]),
+        quantity=int(doc["quantity"]),
+        allocated=int(doc["allocated"]),
+        expires_on=doc.get("expires_on") or None,
+        origin=doc.get("origin") or None,
     )

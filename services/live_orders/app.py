@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.common.background import stop_tasks
-from services.common.kafka_consumer import ConsumerRunner
 from services.common.redis_batch import TickPipeline
 from services.common.settings import Settings
 from services.common.web_app import (
@@ -30,24 +29,26 @@ from services.common.web_app import (
     consumer_for,
     create_base_app,
 )
+from services.live_orders.app_keys import (
+    BROADCAST,
+    LIVE_ORDERS_METRICS,
+    OUTCOME_CONSUMER,
+    USE_CASES,
+    UseCases,
+)
 from services.live_orders.broadcast import BroadcastListener
-from services.live_orders.domain import OUTCOME_TRANSITIONS
-from services.live_orders.http_api import USE_CASES, UseCases, setup_routes
+from services.live_orders.handlers import EventHandlers
+from services.live_orders.http_api import setup_routes
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_context import OrderContextCache
 from services.live_orders.order_outbox import OrderOutbox
 from services.live_orders.order_store import OrderStore
 from services.live_orders.order_waiters import OrderWaiters
 from services.live_orders.orders import OrderLimits, OrderService
-from services.live_orders.outcomes import InventoryOutcomes
 from services.live_orders.redis_keys import RedisKeys
 from services.live_orders.session_store import SessionStore
 from services.live_orders.sessions import SessionService
 from services.live_orders.sold_out import SoldOutSkus
-
-LIVE_ORDERS_METRICS = web.AppKey("live_orders_metrics", LiveOrdersMetrics)
-OUTCOME_CONSUMER = web.AppKey("live_orders_outcome_consumer", ConsumerRunner)
-BROADCAST = web.AppKey("live_orders_broadcast", BroadcastListener)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -118,21 +119,16 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
     refresher = asyncio.create_task(sold_out.refresh_forever(), name="live_orders:sold-out")
     outbox_task = asyncio.create_task(outbox.run(), name="live_orders:outbox")
 
+    handlers = EventHandlers(
+        orders=order_store, sold_out=sold_out, waiters=waiters, metrics=metrics, source=announcer
+    )
     consumer = consumer_for(
         app,
         name="live_orders",
         topics=[topics.inventory],
-        handles=frozenset({*OUTCOME_TRANSITIONS, "stock.changed"}),
+        handler=handlers,
+        handles=handlers.handles,
         adaptive_fetch=True,
-        handler=InventoryOutcomes(
-            orders=order_store,
-            sold_out=sold_out,
-            metrics=metrics,
-            pipeline=pipeline,
-            keys=keys,
-            waiters=waiters,
-            source=announcer,
-        ).handle,
     )
     await consumer.start()
     app[OUTCOME_CONSUMER] = consumer

@@ -12,15 +12,25 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
 from services.common.clock import from_rfc3339, to_rfc3339
-from services.common.event_types import Listing as ListingData
-from services.common.event_types import RejectReason, SessionUpdated
+from services.common.messages import Listing as ListingMessage
+from services.common.messages import (
+    OrderOutcome,
+    RejectReason,
+    ReservationCommitted,
+    ReservationConfirmed,
+    ReservationExpired,
+    ReservationRejected,
+    ReservationReleased,
+    SessionStatus,
+    SessionUpdated,
+)
 
-SessionStatus = Literal["scheduled", "live", "ended"]
 OrderStatus = Literal["pending", "reserved", "rejected", "paid", "cancelled", "expired"]
 Intent = Literal["pay", "cancel"]
 
@@ -98,29 +108,15 @@ class Listing:
             return False
         return not (self.sale_ends_at is not None and now >= _window_bound(self.sale_ends_at))
 
-    def to_public(self) -> ListingData:
-        return {
-            "sku": self.sku,
-            "title": self.title,
-            "price_cents": self.price_cents,
-            "per_user_limit": self.per_user_limit,
-            "sale_starts_at": self.sale_starts_at,
-            "sale_ends_at": self.sale_ends_at,
-        }
-
-    def to_record(self) -> dict[str, Any]:
-        return {**self.to_public(), "added_ms": self.added_ms}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Listing:
-        return cls(
-            sku=record["sku"],
-            title=record["title"],
-            price_cents=int(record["price_cents"]),
-            per_user_limit=int(record["per_user_limit"]),
-            sale_starts_at=record.get("sale_starts_at"),
-            sale_ends_at=record.get("sale_ends_at"),
-            added_ms=int(record.get("added_ms", 0)),
+    def to_message(self) -> ListingMessage:
+        """The listing as answered over HTTP and as published in `session.updated`."""
+        return ListingMessage(
+            sku=self.sku,
+            title=self.title,
+            price_cents=self.price_cents,
+            per_user_limit=self.per_user_limit,
+            sale_starts_at=self.sale_starts_at,
+            sale_ends_at=self.sale_ends_at,
         )
 
 
@@ -171,18 +167,18 @@ class Session:
     def listing(self, sku: str) -> Listing | None:
         return next((item for item in self.listings if item.sku == sku), None)
 
-    def to_public(self) -> SessionUpdated:
+    def to_message(self) -> SessionUpdated:
         """The session as answered over HTTP and as published in `session.updated`."""
-        return {
-            "session_id": self.session_id,
-            "host_id": self.host_id,
-            "title": self.title,
-            "status": self.status,
-            "listings": [item.to_public() for item in self.listings],
-            "created_at": self.created_at,
-            "started_at": self.started_at,
-            "ended_at": self.ended_at,
-        }
+        return SessionUpdated(
+            session_id=self.session_id,
+            host_id=self.host_id,
+            title=self.title,
+            status=self.status,
+            listings=tuple(item.to_message() for item in self.listings),
+            created_at=self.created_at,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+        )
 
 
 # The session moves: action -> (status it must be in, status it goes to, time field).
@@ -190,6 +186,18 @@ SESSION_MOVES: dict[str, tuple[SessionStatus, SessionStatus, str]] = {
     "start": ("scheduled", "live", "started_at"),
     "end": ("live", "ended", "ended_at"),
 }
+
+
+MoveOutcome = Literal["applied", "same", "conflict", "missing"]
+AddListingOutcome = Literal["added", "duplicate", "ended", "missing"]
+
+
+@dataclass(frozen=True, slots=True)
+class MoveResult:
+    """What the session store answered to a start or end."""
+
+    outcome: MoveOutcome
+    previous: str
 
 
 # ------------------------------------------------------------------------------ orders
@@ -239,57 +247,19 @@ class Order:
             view["payment_ref"] = self.payment_ref
         return view
 
-    def to_record(self) -> dict[str, str]:
-        """The fields stored when the order is created (Redis hash, strings only)."""
-        record = {
-            "order_id": self.order_id,
-            "status": self.status,
-            "session_id": self.session_id,
-            "sku": self.sku,
-            "buyer_id": self.buyer_id,
-            "quantity": str(self.quantity),
-            "unit_price_cents": str(self.unit_price_cents),
-            "total_cents": str(self.total_cents),
-            "per_user_limit": str(self.per_user_limit),
-            "placed_at": self.placed_at,
-            "placed_ms": str(self.placed_ms),
-            "updated_at": self.updated_at,
-        }
-        if self.reason is not None:
-            record["reason"] = self.reason
-        return record
-
-    @classmethod
-    def from_record(cls, record: dict[str, str]) -> Order:
-        def optional(name: str) -> str | None:
-            value = record.get(name)
-            return value if value else None
-
-        intent = optional("intent")
-        return cls(
-            order_id=record["order_id"],
-            status=cast(OrderStatus, record["status"]),
-            session_id=record["session_id"],
-            sku=record["sku"],
-            buyer_id=record["buyer_id"],
-            quantity=int(record["quantity"]),
-            unit_price_cents=int(record["unit_price_cents"]),
-            total_cents=int(record["total_cents"]),
-            per_user_limit=int(record["per_user_limit"]),
-            placed_at=record["placed_at"],
-            placed_ms=int(record.get("placed_ms") or 0),
-            updated_at=record.get("updated_at") or record["placed_at"],
-            expires_at=optional("expires_at"),
-            reason=optional("reason"),
-            payment_ref=optional("payment_ref"),
-            intent=cast(Intent, intent) if intent in ("pay", "cancel") else None,
-            published=record.get("published") == "1",
-        )
-
 
 def request_fingerprint(session_id: str, sku: str, quantity: int) -> str:
     """What makes two order requests "the same body" for an idempotency key."""
     return hashlib.sha256(f"{session_id}\n{sku}\n{quantity}".encode()).hexdigest()[:32]
+
+
+def check_amount(order: Order, amount_cents: int) -> None:
+    """A payment must pay the order's total, no more, no less."""
+    if amount_cents != order.total_cents:
+        raise InvalidInput(
+            f"amount_cents {amount_cents} does not match the order's total_cents "
+            f"{order.total_cents}"
+        )
 
 
 def check_quantity(listing: Listing, quantity: int) -> None:
@@ -307,36 +277,31 @@ class Transition:
     allowed_from: tuple[OrderStatus, ...]
 
 
-OUTCOME_TRANSITIONS: dict[str, Transition] = {
-    "reservation.confirmed": Transition("reserved", ("pending",)),
-    "reservation.rejected": Transition("rejected", ("pending",)),
-    "reservation.committed": Transition("paid", ("reserved",)),
-    "reservation.released": Transition("cancelled", ("reserved",)),
-    "reservation.expired": Transition("expired", ("reserved",)),
+OUTCOME_TRANSITIONS: dict[type[OrderOutcome], Transition] = {
+    ReservationConfirmed: Transition("reserved", ("pending",)),
+    ReservationRejected: Transition("rejected", ("pending",)),
+    ReservationCommitted: Transition("paid", ("reserved",)),
+    ReservationReleased: Transition("cancelled", ("reserved",)),
+    ReservationExpired: Transition("expired", ("reserved",)),
 }
 
 
-def transition_fields(event_type: str, data: dict[str, Any]) -> dict[str, str]:
+def transition_fields(outcome: OrderOutcome) -> dict[str, str]:
     """Fields an outcome records on the order besides its status."""
-    if event_type == "reservation.confirmed":
-        return {"expires_at": str(data["expires_at"])}
-    if event_type == "reservation.rejected":
-        return {"reason": str(data["reason"])}
-    if event_type == "reservation.committed":
-        return {"payment_ref": str(data["payment_ref"])}
+    if isinstance(outcome, ReservationConfirmed):
+        return {"expires_at": outcome.expires_at}
+    if isinstance(outcome, ReservationRejected):
+        return {"reason": outcome.reason}
+    if isinstance(outcome, ReservationCommitted):
+        return {"payment_ref": outcome.payment_ref}
     return {}
 
 
-def placement_status_code(order: Order) -> int:
-    """HTTP status of an answer to `POST .../orders` that reports `order`."""
-    if order.status == "reserved":
-        return 201
-    if order.status == "pending":
-        return 202
-    if order.status == "rejected":
-        return 409
-    # A replayed key whose order has moved on (paid, cancelled, expired): here it is.
-    return 200
+def outcome_label(outcome: OrderOutcome) -> str:
+    """The order-outcome counter an applied outcome lands in."""
+    if isinstance(outcome, ReservationRejected):
+        return f"rejected_{outcome.reason}"
+    return OUTCOME_TRANSITIONS[type(outcome)].target
 
 
 # Pay and cancel: which statuses let the intent be recorded.
@@ -348,3 +313,57 @@ def reject_reason(value: str) -> RejectReason:
     if value not in REJECT_REASONS:
         raise ValueError(f"unknown reject reason {value!r}")
     return cast(RejectReason, value)
+
+
+@dataclass(frozen=True, slots=True)
+class OrderContext:
+    """What placing an order needs to know about its session (order_context caches it)."""
+
+    session_status: str | None  # None: no such session
+    listing: Listing | None  # None: the SKU is not listed in the session
+    read_at: float
+
+
+# ------------------------------------------------------- what the order store answers
+
+
+PlaceOutcome = Literal["claimed", "replay", "mismatch", "limited"]
+TransitionOutcome = Literal["applied", "same", "stale", "missing"]
+IntentOutcome = Literal["claimed", "held", "not_allowed", "missing"]
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """What `place` did. `order` is the order as stored (None when limited or mismatch);
+    `created`: this call stored it; `publish`: this caller holds the lease to publish its
+    creation event."""
+
+    outcome: PlaceOutcome
+    order_id: str = ""
+    order: Order | None = None
+    created: bool = False
+    publish: bool = False
+    retry_after_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRequest:
+    order_id: str
+    target: str
+    allowed_from: Iterable[str]
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionResult:
+    outcome: TransitionOutcome
+    previous: str
+    placed_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class IntentResult:
+    outcome: IntentOutcome
+    status: str
+    intent: str
+    payment_ref: str

@@ -14,7 +14,6 @@ Choices the contract leaves open:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -30,32 +29,35 @@ from services.common.problems import (
     unprocessable,
 )
 from services.common.web_app import SETTINGS, Handler, principal, read_json_body
+from services.live_orders.app_keys import USE_CASES, UseCases
 from services.live_orders.domain import (
     MAX_WAIT_S,
     Conflict,
     InvalidInput,
     NotFound,
+    Order,
     RateLimited,
     is_valid_id,
     is_valid_idempotency_key,
     parse_wait,
-    placement_status_code,
 )
-from services.live_orders.orders import Answer, OrderService
-from services.live_orders.sessions import SessionService
-
-
-@dataclass(frozen=True, slots=True)
-class UseCases:
-    sessions: SessionService
-    orders: OrderService
-
+from services.live_orders.orders import Answer
 
 log = logging.getLogger(__name__)
 
-USE_CASES = web.AppKey("live_orders_use_cases", UseCases)
-
 VERDICT_STATUS = {"done": 200, "refused": 409, "accepted": 202}
+
+
+def placement_status_code(order: Order) -> int:
+    """HTTP status of an answer to `POST .../orders` that reports `order`."""
+    if order.status == "reserved":
+        return 201
+    if order.status == "pending":
+        return 202
+    if order.status == "rejected":
+        return 409
+    # A replayed key whose order has moved on (paid, cancelled, expired): here it is.
+    return 200
 
 
 @web.middleware
@@ -147,13 +149,13 @@ async def create_session(request: web.Request) -> web.Response:
     else:
         host_id = who.sub
     session = await _use_cases(request).sessions.create(host_id, body["title"])
-    return json_response(session.to_public(), status=201)
+    return json_response(session.to_message(), status=201)
 
 
 async def get_session(request: web.Request) -> web.Response:
     principal(request)
     session = await _use_cases(request).sessions.get(_path_id(request, "session_id"))
-    return json_response(session.to_public())
+    return json_response(session.to_message())
 
 
 async def start_session(request: web.Request) -> web.Response:
@@ -168,7 +170,7 @@ async def _move_session(request: web.Request, action: str) -> web.Response:
     who = principal(request, "host", "admin")
     session_id = _path_id(request, "session_id")
     session = await _use_cases(request).sessions.move(session_id, action, who)
-    return json_response(session.to_public())
+    return json_response(session.to_message())
 
 
 async def add_listing(request: web.Request) -> web.Response:
@@ -179,7 +181,7 @@ async def add_listing(request: web.Request) -> web.Response:
     await sessions.get_managed(session_id, who)
     body = await _body(request, "listing-create", "price_cents", "per_user_limit")
     listing = await sessions.add_listing(session_id, body, who)
-    return json_response(listing.to_public(), status=201)
+    return json_response(listing.to_message(), status=201)
 
 
 # ------------------------------------------------------------------------------ orders

@@ -15,22 +15,14 @@ every unit, so nothing is oversold either way).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
-from services.live_orders.domain import Listing
+from services.live_orders.domain import OrderContext
 from services.live_orders.session_store import SessionStore
 
 MAX_AGE_S = 1.0
 # Unknown ids are cached too (a flood of made-up session ids must not reach Redis), so the
 # cache is bounded: past this many entries it starts over.
 MAX_ENTRIES = 20_000
-
-
-@dataclass(frozen=True, slots=True)
-class OrderContext:
-    session_status: str | None  # None: no such session
-    listing: Listing | None  # None: the SKU is not listed in the session
-    read_at: float
 
 
 class OrderContextCache:

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import Protocol
 
 from services.common.background import cancel_requested
 from services.common.clock import epoch_ms
-from services.common.events import Envelope
-from services.common.kafka_producer import EventPublisher
+from services.common.events import Publisher
 from services.live_orders.domain import Order
 from services.live_orders.metrics import LiveOrdersMetrics
-from services.live_orders.order_store import OrderStore
+from services.live_orders.order_events import creation_event
 
 log = logging.getLogger(__name__)
 
@@ -39,46 +40,28 @@ SWEEP_BATCH = 500
 SWEEP_BATCHES_PER_RUN = 20
 
 
-def creation_event(order: Order, source: str) -> Envelope:
-    """`order.placed` for a pending order, `order.rejected` for one refused here."""
-    if order.status == "pending":
-        return Envelope.create(
-            "order.placed",
-            {
-                "order_id": order.order_id,
-                "session_id": order.session_id,
-                "sku": order.sku,
-                "buyer_id": order.buyer_id,
-                "quantity": order.quantity,
-                "unit_price_cents": order.unit_price_cents,
-                "total_cents": order.total_cents,
-                "per_user_limit": order.per_user_limit,
-                "placed_at": order.placed_at,
-            },
-            source=source,
-            dedup_key=order.order_id,
-        )
-    return Envelope.create(
-        "order.rejected",
-        {
-            "order_id": order.order_id,
-            "session_id": order.session_id,
-            "sku": order.sku,
-            "buyer_id": order.buyer_id,
-            "quantity": order.quantity,
-            "reason": order.reason,
-        },
-        source=source,
-        dedup_key=order.order_id,
-    )
+class OutboxRecords(Protocol):
+    """What the outbox needs of the order store (OrderStore in Redis)."""
+
+    async def get(self, order_id: str) -> Order | None: ...
+
+    async def mark_published(self, order_ids: Sequence[str], *, flag: bool = True) -> None: ...
+
+    async def release_publish_lease(self, order_id: str) -> None: ...
+
+    async def outbox_due(self, placed_before_ms: int, limit: int) -> list[str]: ...
+
+    async def outbox_remove(self, order_ids: Sequence[str]) -> None: ...
+
+    async def outbox_postpone(self, order_ids: Sequence[str], now_ms: int) -> None: ...
 
 
 class OrderOutbox:
     def __init__(
         self,
         *,
-        store: OrderStore,
-        publisher: EventPublisher,
+        store: OutboxRecords,
+        publisher: Publisher,
         topic: str,
         source: str,
         metrics: LiveOrdersMetrics,

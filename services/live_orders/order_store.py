@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Literal, cast
 
 import orjson
@@ -19,7 +18,20 @@ from redis.asyncio import Redis
 
 from services.common.redis_batch import TickPipeline
 from services.common.redis_scripts import LuaScript
-from services.live_orders.domain import FINAL_STATUSES, Order
+from services.live_orders.domain import (
+    FINAL_STATUSES,
+    Intent,
+    IntentOutcome,
+    IntentResult,
+    Order,
+    OrderStatus,
+    Placement,
+    PlaceOutcome,
+    TransitionOutcome,
+    TransitionRequest,
+    TransitionResult,
+)
+from services.live_orders.order_waiters import OrderUpdate, encode_updates
 from services.live_orders.redis_keys import RedisKeys
 
 LUA = "services.live_orders.lua"
@@ -31,47 +43,6 @@ PUBLISH_LEASE_MS = 10_000
 # How long a final order stays readable (`LC_ORDER_RETENTION_S` overrides): Redis runs
 # with noeviction, so orders of past sales must leave on their own.
 DEFAULT_RETENTION_S = 30 * 24 * 3600
-
-PlaceOutcome = Literal["claimed", "replay", "mismatch", "limited"]
-TransitionOutcome = Literal["applied", "same", "stale", "missing"]
-IntentOutcome = Literal["claimed", "held", "not_allowed", "missing"]
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """What `place` did. `order` is the order as stored (None when limited or mismatch);
-    `created`: this call stored it; `publish`: this caller holds the lease to publish its
-    creation event."""
-
-    outcome: PlaceOutcome
-    order_id: str = ""
-    order: Order | None = None
-    created: bool = False
-    publish: bool = False
-    retry_after_ms: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class TransitionRequest:
-    order_id: str
-    target: str
-    allowed_from: Iterable[str]
-    fields: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class TransitionResult:
-    outcome: TransitionOutcome
-    previous: str
-    placed_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class IntentResult:
-    outcome: IntentOutcome
-    status: str
-    intent: str
-    payment_ref: str
 
 
 def as_text(value: bytes | str) -> str:
@@ -112,7 +83,7 @@ class OrderStore:
         buyer's tag) and store it, or find what an earlier request with the key made."""
         buyer_id = candidate.buyer_id
         fields: list[str] = []
-        for name, value in candidate.to_record().items():
+        for name, value in order_to_record(candidate).items():
             if name != "order_id":
                 fields.extend((name, value))
         # Into the outbox first, in the same pipeline: an order that exists is in the
@@ -149,7 +120,7 @@ class OrderStore:
             return Placement(outcome, order_id=order_id)
         created, publish = bool(reply[2]), bool(reply[3])
         # Created by this call from the candidate: nothing to read back.
-        order = Order.from_record(_record(reply[4:])) if len(reply) > 4 else candidate
+        order = order_from_record(_record(reply[4:])) if len(reply) > 4 else candidate
         return Placement(outcome, order_id, order, created, publish)
 
     async def mark_published(self, order_ids: Sequence[str], *, flag: bool = True) -> None:
@@ -191,8 +162,8 @@ class OrderStore:
             return None
         # RESP3 (redis-py's default) answers a map; RESP2 a flat list.
         if isinstance(raw, dict):
-            return Order.from_record({as_text(k): as_text(v) for k, v in raw.items()})
-        return Order.from_record(_record(raw))
+            return order_from_record({as_text(k): as_text(v) for k, v in raw.items()})
+        return order_from_record(_record(raw))
 
     async def transition(
         self,
@@ -207,6 +178,12 @@ class OrderStore:
             [TransitionRequest(order_id, target, allowed_from, fields)], now=now
         )
         return result
+
+    async def announce(self, updates: Sequence[OrderUpdate], source: str) -> None:
+        """Tell every process's waiters the new states of these orders (one message)."""
+        await self._pipeline.command(
+            "PUBLISH", self._keys.order_updates_channel, encode_updates(updates, source)
+        )
 
     async def transition_many(
         self, requests: Sequence[TransitionRequest], *, now: str
@@ -254,3 +231,54 @@ class OrderStore:
         return IntentResult(
             cast(IntentOutcome, outcome.decode()), status.decode(), held.decode(), ref.decode()
         )
+
+
+# ------------------------------------------------------------------- the record codec
+
+
+def order_to_record(order: Order) -> dict[str, str]:
+    """The fields stored when the order is created (Redis hash, strings only)."""
+    record = {
+        "order_id": order.order_id,
+        "status": order.status,
+        "session_id": order.session_id,
+        "sku": order.sku,
+        "buyer_id": order.buyer_id,
+        "quantity": str(order.quantity),
+        "unit_price_cents": str(order.unit_price_cents),
+        "total_cents": str(order.total_cents),
+        "per_user_limit": str(order.per_user_limit),
+        "placed_at": order.placed_at,
+        "placed_ms": str(order.placed_ms),
+        "updated_at": order.updated_at,
+    }
+    if order.reason is not None:
+        record["reason"] = order.reason
+    return record
+
+
+def order_from_record(record: dict[str, str]) -> Order:
+    def optional(name: str) -> str | None:
+        value = record.get(name)
+        return value if value else None
+
+    intent = optional("intent")
+    return Order(
+        order_id=record["order_id"],
+        status=cast(OrderStatus, record["status"]),
+        session_id=record["session_id"],
+        sku=record["sku"],
+        buyer_id=record["buyer_id"],
+        quantity=int(record["quantity"]),
+        unit_price_cents=int(record["unit_price_cents"]),
+        total_cents=int(record["total_cents"]),
+        per_user_limit=int(record["per_user_limit"]),
+        placed_at=record["placed_at"],
+        placed_ms=int(record.get("placed_ms") or 0),
+        updated_at=record.get("updated_at") or record["placed_at"],
+        expires_at=optional("expires_at"),
+        reason=optional("reason"),
+        payment_ref=optional("payment_ref"),
+        intent=cast(Intent, intent) if intent in ("pay", "cancel") else None,
+        published=record.get("published") == "1",
+    )

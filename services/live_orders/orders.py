@@ -11,32 +11,34 @@ inventory consumer and Redis pub/sub (`OrderWaiters`), which hands over the new 
 from __future__ import annotations
 
 import math
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from services.common.auth import Principal
 from services.common.clock import epoch_ms, to_rfc3339, utc_now
-from services.common.events import Envelope
-from services.common.kafka_producer import EventPublisher
+from services.common.events import Envelope, Publisher
+from services.common.messages import Message
 from services.live_orders.domain import (
     CANCELLABLE_FROM,
     FINAL_STATUSES,
     PAYABLE_FROM,
+    IntentResult,
     InvalidInput,
-    Listing,
     NotFound,
     Order,
+    OrderContext,
+    OrderStatus,
+    Placement,
     RateLimited,
+    check_amount,
     check_quantity,
     request_fingerprint,
 )
 from services.live_orders.metrics import LiveOrdersMetrics
-from services.live_orders.order_context import OrderContext, OrderContextCache
-from services.live_orders.order_outbox import OrderOutbox
-from services.live_orders.order_store import OrderStore
+from services.live_orders.order_events import order_cancelled, order_paid
 from services.live_orders.order_waiters import OrderWaiters
 from services.live_orders.redis_keys import new_order_id
-from services.live_orders.sold_out import SoldOutSkus
 
 # How a payment or cancellation ended, for the HTTP layer: done (200), refused because of
 # the order's state (409), or sent to inventory with no outcome yet within the wait (202).
@@ -55,6 +57,47 @@ class OrderLimits:
     rate_limit_per_s: float
 
 
+class OrderRecords(Protocol):
+    """What the use cases need of the order store (OrderStore in Redis)."""
+
+    async def place(
+        self,
+        candidate: Order,
+        *,
+        idempotency_key: str,
+        fingerprint: str,
+        burst: int,
+        per_s: float,
+        now_ms: int,
+    ) -> Placement: ...
+
+    async def get(self, order_id: str) -> Order | None: ...
+
+    async def claim_intent(
+        self,
+        order_id: str,
+        *,
+        intent: Literal["pay", "cancel"],
+        allowed_from: Iterable[str],
+        payment_ref: str = "",
+        amount_cents: int | None = None,
+    ) -> IntentResult: ...
+
+
+class OrderContexts(Protocol):
+    """The session's status and the listing of a sku (OrderContextCache)."""
+
+    async def get(self, session_id: str, sku: str) -> OrderContext: ...
+
+
+class Outbox(Protocol):
+    """Publishes the creation event of a stored order (OrderOutbox)."""
+
+    async def publish_now(self, order: Order) -> None: ...
+
+    def publish_soon(self, order: Order) -> None: ...
+
+
 def _decided(order: Order) -> bool:
     return order.status != "pending"
 
@@ -63,16 +106,24 @@ def _final(order: Order) -> bool:
     return order.final
 
 
+def _verdict(order: Order, goal: OrderStatus) -> Verdict:
+    """A payment or cancellation that was sent: done once the order reached `goal`,
+    refused if it ended otherwise (rejected, expired), accepted while still on its way."""
+    if order.status == goal:
+        return "done"
+    return "refused" if order.final else "accepted"
+
+
 class OrderService:
     def __init__(
         self,
         *,
-        orders: OrderStore,
-        contexts: OrderContextCache,
-        sold_out: SoldOutSkus,
+        orders: OrderRecords,
+        contexts: OrderContexts,
+        sold_out: Container[str],
         waiters: OrderWaiters,
-        outbox: OrderOutbox,
-        publisher: EventPublisher,
+        outbox: Outbox,
+        publisher: Publisher,
         orders_topic: str,
         source: str,
         limits: OrderLimits,
@@ -103,28 +154,42 @@ class OrderService:
     ) -> Order:
         """The order this request (or an earlier one with the same key) made, as it is
         after waiting up to `wait_s` for inventory's decision."""
-        # Everything that can refuse the request without side effects comes first: a
-        # refused request claims no key, spends no token, stores and publishes nothing.
+        context = await self._offer(session_id, sku, quantity)
+        candidate = self._candidate(
+            buyer_id=buyer_id, session_id=session_id, sku=sku, quantity=quantity, context=context
+        )
+        placement = await self._claim_key(candidate, idempotency_key)
+        order = placement.order
+        assert order is not None  # _claim_key raised otherwise
+        self._count_placement(placement, order)
+        if placement.publish and order.status != "pending":
+            # Refused here: the buyer's answer does not wait for the broker, and the
+            # outbox guarantees the event (the host counts the attempt).
+            self._outbox.publish_soon(order)
+            return order
+        return await self._publish_and_decide(order, placement.publish, wait_s)
+
+    async def _offer(self, session_id: str, sku: str, quantity: int) -> OrderContext:
+        """The session and listing the request orders from. Everything that can refuse
+        the request without side effects comes first: a refused request claims no key,
+        spends no token, stores and publishes nothing."""
         context = await self._contexts.get(session_id, sku)
         if context.session_status is None:
             raise NotFound("no such session")
-        listing = context.listing
-        if listing is None:
+        if context.listing is None:
             raise InvalidInput(f"sku {sku!r} is not listed in this session")
-        check_quantity(listing, quantity)
+        check_quantity(context.listing, quantity)
+        return context
 
-        candidate = self._candidate(
-            buyer_id=buyer_id,
-            session_id=session_id,
-            sku=sku,
-            quantity=quantity,
-            listing=listing,
-            context=context,
-        )
+    async def _claim_key(self, candidate: Order, idempotency_key: str) -> Placement:
+        """Spend a token of the buyer's bucket and claim the key for the candidate, or
+        find the order an earlier request with the key made (one atomic step)."""
         placement = await self._orders.place(
             candidate,
             idempotency_key=idempotency_key,
-            fingerprint=request_fingerprint(session_id, sku, quantity),
+            fingerprint=request_fingerprint(
+                candidate.session_id, candidate.sku, candidate.quantity
+            ),
             burst=self._limits.rate_limit_burst,
             per_s=self._limits.rate_limit_per_s,
             now_ms=candidate.placed_ms,
@@ -134,21 +199,20 @@ class OrderService:
             raise RateLimited(max(1, math.ceil(placement.retry_after_ms / 1000)))
         if placement.order is None:
             raise InvalidInput("this Idempotency-Key was already used with a different body")
+        return placement
 
-        # Claimed now, or a replay (then the order as the first request stored it).
-        order = placement.order
+    def _count_placement(self, placement: Placement, order: Order) -> None:
         if placement.created:
             self._metrics.outcome(f"rejected_{order.reason}" if order.reason else "pending").inc()
             if order.reason == "sold_out":
                 self._metrics.fast_path_rejections.inc()
-        if placement.publish and order.status != "pending":
-            # Refused here: the buyer's answer does not wait for the broker, and the
-            # outbox guarantees the event (the host counts the attempt).
-            self._outbox.publish_soon(order)
-            return order
-        # Watch before publishing: the decision can come back before the send returns.
+
+    async def _publish_and_decide(self, order: Order, publish: bool, wait_s: float) -> Order:
+        """Publish the order's creation event if this request holds the lease, and wait up
+        to `wait_s` for inventory's decision (watching first: it can come back before the
+        send returns)."""
         with self._waiters.watch(order.order_id) as watch:
-            if placement.publish:
+            if publish:
                 await self._outbox.publish_now(order)
             if order.status == "pending" and wait_s > 0:
                 order = (
@@ -164,11 +228,12 @@ class OrderService:
         session_id: str,
         sku: str,
         quantity: int,
-        listing: Listing,
         context: OrderContext,
     ) -> Order:
         """The order this request makes if its key is new: rejected at once when the
         listing is not on sale or the SKU is known sold out, else pending."""
+        listing = context.listing
+        assert listing is not None  # _offer checked it
         now = utc_now()
         reason: str | None = None
         if not listing.on_sale(context.session_status or "", now):
@@ -212,61 +277,29 @@ class OrderService:
     async def pay(
         self, order_id: str, *, payment_ref: str, amount_cents: int, wait_s: float
     ) -> Answer:
-        order = await self._orders.get(order_id)
-        if order is None:
-            raise NotFound("no such order")
-        if amount_cents != order.total_cents:
-            raise InvalidInput(
-                f"amount_cents {amount_cents} does not match the order's total_cents "
-                f"{order.total_cents}"
-            )
-        claim = await self._orders.claim_intent(
+        order = await self._existing(order_id)
+        check_amount(order, amount_cents)
+        claim = await self._claim(
             order_id,
             intent="pay",
             allowed_from=PAYABLE_FROM,
             payment_ref=payment_ref,
             amount_cents=amount_cents,
         )
-        if claim.outcome == "missing":
-            raise NotFound("no such order")
         if claim.outcome == "not_allowed":
             # pending (not reserved yet), or final: the order's status says why.
             return Answer("refused", await self._reread(order))
-        ours = claim.intent == "pay" and claim.payment_ref == payment_ref
-        if not ours:
-            # Another payment_ref, or a cancellation, got there first: refused, with the
-            # order as it ends up.
+        if claim.intent != "pay" or claim.payment_ref != payment_ref:
+            # Another payment_ref, or a cancellation, got there first.
             return Answer("refused", await self._settle(order_id, wait_s) or order)
         if claim.outcome == "held" and claim.status in FINAL_STATUSES:
             current = await self._reread(order)
-            return Answer("done" if current.status == "paid" else "refused", current)
+            return Answer(_verdict(current, "paid"), current)
         # Ours and not settled: publish (again, if this is a retry after the first
         # attempt died before publishing; inventory commits an order_id at most once).
-        with self._waiters.watch(order_id) as watch:
-            await self._publisher.publish(
-                self._topic,
-                order.sku,
-                Envelope.create(
-                    "order.paid",
-                    {
-                        "order_id": order.order_id,
-                        "session_id": order.session_id,
-                        "sku": order.sku,
-                        "buyer_id": order.buyer_id,
-                        "quantity": order.quantity,
-                        "payment_ref": payment_ref,
-                        "amount_cents": amount_cents,
-                    },
-                    source=self._source,
-                    dedup_key=order.order_id,
-                ),
-            )
-            settled = await self._waiters.until(watch, order_id, _final, wait_s) or order
-        if settled.status == "paid":
-            return Answer("done", settled)
-        if settled.final:
-            return Answer("refused", settled)  # expired before the payment arrived
-        return Answer("accepted", settled)
+        event = order_paid(order, payment_ref, amount_cents, self._source)
+        settled = await self._send_and_settle(order, event, wait_s)
+        return Answer(_verdict(settled, "paid"), settled)
 
     async def cancel(self, order_id: str, who: Principal, wait_s: float) -> Answer:
         order = await self._visible(order_id, who)
@@ -274,43 +307,60 @@ class OrderService:
             # Its order.placed is still on its way: a cancel sent now could reach
             # inventory before it. The order is answered as it is; the buyer retries.
             return Answer("refused", order)
-        claim = await self._orders.claim_intent(
-            order_id, intent="cancel", allowed_from=CANCELLABLE_FROM
-        )
-        if claim.outcome == "missing":
-            raise NotFound("no such order")
+        claim = await self._claim(order_id, intent="cancel", allowed_from=CANCELLABLE_FROM)
         if claim.outcome == "not_allowed":
             current = await self._reread(order)
             return Answer("done" if current.status == "cancelled" else "refused", current)
         if claim.intent != "cancel":
             # A payment is in flight: it wins; answer with the order as it ends up.
             return Answer("refused", await self._settle(order_id, wait_s) or order)
-        with self._waiters.watch(order_id) as watch:
-            if claim.status not in FINAL_STATUSES:
-                # Just claimed, or a retry of a cancellation whose first attempt may have
-                # died before publishing: inventory releases an order_id at most once.
-                await self._publisher.publish(
-                    self._topic,
-                    order.sku,
-                    Envelope.create(
-                        "order.cancelled",
-                        {
-                            "order_id": order.order_id,
-                            "session_id": order.session_id,
-                            "sku": order.sku,
-                            "buyer_id": order.buyer_id,
-                            "quantity": order.quantity,
-                        },
-                        source=self._source,
-                        dedup_key=order.order_id,
-                    ),
-                )
-            settled = await self._waiters.until(watch, order_id, _final, wait_s) or order
-        if settled.status == "cancelled":
-            return Answer("done", settled)
-        if settled.final:
-            return Answer("refused", settled)  # rejected or expired meanwhile
-        return Answer("accepted", settled)
+        # Just claimed, or a retry of a cancellation whose first attempt may have died
+        # before publishing (inventory releases an order_id at most once); a settled one
+        # is only read back.
+        event = order_cancelled(order, self._source) if claim.status not in FINAL_STATUSES else None
+        settled = await self._send_and_settle(order, event, wait_s)
+        return Answer(_verdict(settled, "cancelled"), settled)
+
+    # ------------------------------------------------------------------------ steps
+
+    async def _existing(self, order_id: str) -> Order:
+        order = await self._orders.get(order_id)
+        if order is None:
+            raise NotFound("no such order")
+        return order
+
+    async def _claim(
+        self,
+        order_id: str,
+        *,
+        intent: Literal["pay", "cancel"],
+        allowed_from: Iterable[str],
+        payment_ref: str = "",
+        amount_cents: int | None = None,
+    ) -> IntentResult:
+        """Record the intent on the order, atomically with its state check; the first
+        intent recorded wins over any later one."""
+        claim = await self._orders.claim_intent(
+            order_id,
+            intent=intent,
+            allowed_from=allowed_from,
+            payment_ref=payment_ref,
+            amount_cents=amount_cents,
+        )
+        if claim.outcome == "missing":
+            raise NotFound("no such order")
+        return claim
+
+    async def _send_and_settle(
+        self, order: Order, event: Envelope[Message] | None, wait_s: float
+    ) -> Order:
+        """Publish `event` (if any) to inventory and wait up to `wait_s` for the order to
+        reach a final state; watching starts before the send, since the outcome can come
+        back before the send returns."""
+        with self._waiters.watch(order.order_id) as watch:
+            if event is not None:
+                await self._publisher.publish(self._topic, order.sku, event)
+            return await self._waiters.until(watch, order.order_id, _final, wait_s) or order
 
     async def _settle(self, order_id: str, wait_s: float) -> Order | None:
         return await self._waiters.wait(order_id, _final, wait_s)

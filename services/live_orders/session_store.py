@@ -8,27 +8,25 @@ is one Lua call and a read is one pipelined round trip.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Literal, cast
+from dataclasses import asdict
+from typing import Any, cast
 
 import orjson
 from redis.asyncio import Redis
 
+from services.common.messages import SessionStatus
 from services.common.redis_batch import TickPipeline
 from services.common.redis_scripts import LuaScript
-from services.live_orders.domain import Listing, Session, SessionStatus
+from services.live_orders.domain import (
+    AddListingOutcome,
+    Listing,
+    MoveOutcome,
+    MoveResult,
+    Session,
+)
 from services.live_orders.redis_keys import RedisKeys
 
 LUA = "services.live_orders.lua"
-
-MoveOutcome = Literal["applied", "same", "conflict", "missing"]
-AddListingOutcome = Literal["added", "duplicate", "ended", "missing"]
-
-
-@dataclass(frozen=True, slots=True)
-class MoveResult:
-    outcome: MoveOutcome
-    previous: str
 
 
 class SessionStore:
@@ -64,7 +62,7 @@ class SessionStore:
             return None
         fields = {k.decode(): v.decode() for k, v in raw_session.items()}
         listings = sorted(
-            (Listing.from_record(orjson.loads(value)) for value in raw_listings.values()),
+            (listing_from_record(value) for value in raw_listings.values()),
             key=lambda item: (item.added_ms, item.sku),
         )
         return Session(
@@ -86,7 +84,7 @@ class SessionStore:
             self._pipeline.command("HGET", self._keys.session(session_id), "status"),
             self._pipeline.command("HGET", self._keys.listings(session_id), sku),
         )
-        listing = Listing.from_record(orjson.loads(raw_listing)) if raw_listing else None
+        listing = listing_from_record(raw_listing) if raw_listing else None
         return (status.decode() if status else None), listing
 
     async def version(self, session_id: str) -> int:
@@ -109,6 +107,24 @@ class SessionStore:
         outcome = await self._add_listing(
             self._redis,
             [self._keys.session(session_id), self._keys.listings(session_id)],
-            [listing.sku, orjson.dumps(listing.to_record())],
+            [listing.sku, listing_to_record(listing)],
         )
         return cast(AddListingOutcome, outcome.decode())
+
+
+def listing_to_record(listing: Listing) -> bytes:
+    """A listing as stored in the session's listings hash (JSON)."""
+    return orjson.dumps({**asdict(listing.to_message()), "added_ms": listing.added_ms})
+
+
+def listing_from_record(raw: bytes | str) -> Listing:
+    record: dict[str, Any] = orjson.loads(raw)
+    return Listing(
+        sku=record["sku"],
+        title=record["title"],
+        price_cents=int(record["price_cents"]),
+        per_user_limit=int(record["per_user_limit"]),
+        sale_starts_at=record.get("sale_starts_at"),
+        sale_ends_at=record.get("sale_ends_at"),
+        added_ms=int(record.get("added_ms", 0)),
+    )

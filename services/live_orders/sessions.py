@@ -4,35 +4,58 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 from services.common.auth import Principal
 from services.common.clock import epoch_ms, now_rfc3339
-from services.common.events import Envelope
-from services.common.kafka_producer import EventPublisher
+from services.common.events import Envelope, Publisher
 from services.live_orders.domain import (
     SESSION_MOVES,
+    AddListingOutcome,
     Conflict,
     Listing,
+    MoveResult,
     NotFound,
     Session,
     new_listing,
 )
-from services.live_orders.order_context import OrderContextCache
-from services.live_orders.session_store import SessionStore
 
 # How often a publisher re-sends when it finds the session changed under it (see _publish).
 MAX_REPUBLISH = 5
 
 
+class SessionRecords(Protocol):
+    """What the use cases need of the session store (SessionStore in Redis)."""
+
+    async def create(self, session: Session) -> None: ...
+
+    async def get(self, session_id: str) -> Session | None: ...
+
+    async def version(self, session_id: str) -> int: ...
+
+    async def move(
+        self, session_id: str, *, target: str, required: str, time_field: str, now: str
+    ) -> MoveResult: ...
+
+    async def add_listing(self, session_id: str, listing: Listing) -> AddListingOutcome: ...
+
+    async def announce_change(self, session_id: str) -> None: ...
+
+
+class ContextCache(Protocol):
+    """This process's copies of session contexts (OrderContextCache)."""
+
+    def invalidate(self, session_id: str) -> None: ...
+
+
 class SessionService:
     def __init__(
         self,
-        store: SessionStore,
-        publisher: EventPublisher,
+        store: SessionRecords,
+        publisher: Publisher,
         topic: str,
         source: str,
-        contexts: OrderContextCache,
+        contexts: ContextCache,
     ) -> None:
         self._store = store
         self._contexts = contexts
@@ -115,7 +138,7 @@ class SessionService:
             await self._publisher.publish(
                 self._topic,
                 session_id,
-                Envelope.create("session.updated", session.to_public(), source=self._source),
+                Envelope.of(session.to_message(), source=self._source),
             )
             if await self._store.version(session_id) == session.version:
                 break

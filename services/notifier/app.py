@@ -17,7 +17,7 @@ from services.common.web_app import (
     consumer_for,
     create_base_app,
 )
-from services.notifier.app_state import (
+from services.notifier.app_keys import (
     LEADERBOARD_FEED,
     NOTIFIER_METRICS,
     PICK_FEED,
@@ -26,11 +26,11 @@ from services.notifier.app_state import (
     SESSION_FEED,
     TICKER,
 )
+from services.notifier.handlers import EventHandlers, consumed_topics
 from services.notifier.http_api import LEADERBOARD_SIZE, setup_routes
 from services.notifier.live_feeds import PickFeed, SnapshotFeed, Ticker
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.pick_store import PickStore
-from services.notifier.projection_consumer import LiveProjectionHandler, consumed_topics
 from services.notifier.projection_store import ProjectionStore
 from services.notifier.redis_keys import NotifierKeys
 
@@ -82,6 +82,7 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
     app[PICK_FEED] = pick_feed
     app[TICKER] = ticker
 
+    handlers = EventHandlers(keys=keys, projection=projection, picks=picks, metrics=metrics)
     runner = consumer_for(
         app,
         name="notifier",
@@ -90,9 +91,8 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
         # let the broker gather a fetch's worth of events for up to the fetch wait, so a
         # burst is applied in a few large batches (one Lua call each), not thousands.
         fetch_min_bytes=NOTIFIER_FETCH_MIN_BYTES,
-        handler=LiveProjectionHandler(
-            topics=app[TOPICS], keys=keys, projection=projection, picks=picks, metrics=metrics
-        ),
+        handler=handlers,
+        handles=handlers.handles,
     )
     await runner.start()
     ticking = asyncio.create_task(ticker.run(), name="notifier:push")

@@ -23,7 +23,7 @@ from services.notifier.access import (
     require_session_watcher,
     require_warehouse_staff,
 )
-from services.notifier.app_state import (
+from services.notifier.app_keys import (
     LEADERBOARD_FEED,
     NOTIFIER_METRICS,
     PICK_FEED,

@@ -8,27 +8,29 @@ picks that another process consumed, and a list cursor is that number too.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import cast
 
 import orjson
 from redis.asyncio import Redis
 
+from services.common.messages import PickRequested
 from services.common.redis_scripts import LuaScript
 from services.notifier.pick_queue import PickStatus, PickTask
 from services.notifier.redis_keys import NotifierKeys
 
-APPLY_PICKS = LuaScript("services.notifier.lua", "apply_picks.lua")
-COMPLETE_PICK = LuaScript("services.notifier.lua", "complete_pick.lua")
+LUA = "services.notifier.lua"
 
 
 class PickStore:
     def __init__(self, redis: Redis, keys: NotifierKeys) -> None:
+        self._apply_picks = LuaScript(LUA, "apply_picks.lua")
+        self._complete_pick = LuaScript(LUA, "complete_pick.lua")
         self._redis = redis
         self._keys = keys
 
     async def open_batch(
-        self, topic_partition: str, picks: Sequence[tuple[int, Mapping[str, Any]]]
+        self, topic_partition: str, picks: Sequence[tuple[int, PickRequested]]
     ) -> tuple[int, int]:
         """Open the tasks of one partition batch of `pick.requested` (offset, data),
         recording the offset in the same step. Returns (opened, skipped)."""
@@ -46,15 +48,15 @@ class PickStore:
         entries = [
             [
                 offset,
-                key_index(self._keys.pick(str(data["pick_id"]))),
-                key_index(self._keys.picks_open(str(data["warehouse_id"]))),
-                str(data["pick_id"]),
-                str(data["warehouse_id"]),
-                orjson.dumps(dict(data)).decode(),
+                key_index(self._keys.pick(pick.pick_id)),
+                key_index(self._keys.picks_open(pick.warehouse_id)),
+                pick.pick_id,
+                pick.warehouse_id,
+                orjson.dumps(pick).decode(),
             ]
-            for offset, data in picks
+            for offset, pick in picks
         ]
-        opened, skipped = await APPLY_PICKS(
+        opened, skipped = await self._apply_picks(
             self._redis, keys, [topic_partition, orjson.dumps(entries)]
         )
         return int(opened), int(skipped)
@@ -65,7 +67,7 @@ class PickStore:
 
     async def complete(self, task: PickTask, completed_at: str, completed_by: str) -> PickTask:
         """Mark the task done (once: a second call keeps the first time and author)."""
-        await COMPLETE_PICK(
+        await self._complete_pick(
             self._redis,
             [
                 self._keys.pick(task.pick_id),

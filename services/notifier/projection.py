@@ -1,19 +1,32 @@
 """What each consumed event does to the live counters: pure rules, no I/O.
 
-An event becomes an `EventEffect`: a list of increments and assignments on named Redis
-hashes and sorted sets, plus an optional guard. `projection_store` applies the effects of
-one partition batch in one Lua call, together with the consumed offset, so every event
-counts exactly once however often Kafka redelivers it.
+An event becomes an `EventEffect` (`EFFECTS`: message class -> effect): a list of
+increments and assignments on named Redis hashes and sorted sets, plus an optional guard.
+`projection_store` applies the effects of one partition batch in one Lua call, together
+with the consumed offset, so every event counts exactly once however often Kafka
+redelivers it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from services.common.messages import (
+    Message,
+    OrderPlaced,
+    OrderRejected,
+    ReservationCommitted,
+    ReservationConfirmed,
+    ReservationExpired,
+    ReservationRejected,
+    ReservationReleased,
+    SessionUpdated,
+    StockChanged,
+)
 from services.notifier.redis_keys import NotifierKeys
 
 # The host's counters, in the order the contract lists them (DESIGN 4.5).
@@ -37,21 +50,6 @@ REJECTION_COUNTER: Mapping[str, str] = {
     "sold_out": "rejected_sold_out",
     "limit_exceeded": "rejected_limit",
 }
-
-# Outcome events that count against one order. An order is reserved, committed, released
-# at most once (DESIGN 3.2), so `type:order_id` identifies the effect: an outcome that
-# inventory re-published after a crash, under a new offset, is still counted once.
-ORDER_EVENTS = frozenset(
-    {
-        "order.placed",
-        "order.rejected",
-        "reservation.confirmed",
-        "reservation.rejected",
-        "reservation.committed",
-        "reservation.released",
-        "reservation.expired",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,85 +116,134 @@ class EventEffect:
     ops: tuple[Op, ...] = field(default_factory=tuple)
 
 
-def effect_of(
-    event_type: str, data: Mapping[str, Any], offset: int, keys: NotifierKeys
-) -> EventEffect:
+OrderEvent = (
+    OrderPlaced
+    | OrderRejected
+    | ReservationConfirmed
+    | ReservationRejected
+    | ReservationCommitted
+    | ReservationReleased
+    | ReservationExpired
+)
+
+
+def _placed(event: OrderPlaced, totals: str, keys: NotifierKeys) -> list[Op]:
+    ops: list[Op] = [Increment(totals, "attempts", 1)]
+    return ops
+
+
+def _refused_here(event: OrderRejected, totals: str, keys: NotifierKeys) -> list[Op]:
+    ops: list[Op] = [Increment(totals, "attempts", 1)]
+    counter = REJECTION_COUNTER.get(event.reason)
+    return ops + ([Increment(totals, counter, 1)] if counter else [])
+
+
+def _rejected(event: ReservationRejected, totals: str, keys: NotifierKeys) -> list[Op]:
+    counter = REJECTION_COUNTER.get(event.reason)
+    return [Increment(totals, counter, 1)] if counter else []
+
+
+def _confirmed(event: ReservationConfirmed, totals: str, keys: NotifierKeys) -> list[Op]:
+    return [
+        Increment(totals, "reserved_orders", 1),
+        Increment(totals, "units_reserved", event.quantity),
+    ]
+
+
+def _committed(event: ReservationCommitted, totals: str, keys: NotifierKeys) -> list[Op]:
+    return [
+        Increment(totals, "paid_orders", 1),
+        Increment(totals, "units_reserved", -event.quantity),
+        Increment(totals, "units_sold", event.quantity),
+        Increment(totals, "gmv_cents", event.total_cents),
+        RankAdd(keys.leaderboard, event.session_id, event.total_cents),
+    ]
+
+
+def _released(event: ReservationReleased, totals: str, keys: NotifierKeys) -> list[Op]:
+    return [
+        Increment(totals, "cancelled_orders", 1),
+        Increment(totals, "units_reserved", -event.quantity),
+    ]
+
+
+def _expired(event: ReservationExpired, totals: str, keys: NotifierKeys) -> list[Op]:
+    return [
+        Increment(totals, "expired_orders", 1),
+        Increment(totals, "units_reserved", -event.quantity),
+    ]
+
+
+# Events that count against one order, and what each adds to its session's totals. An
+# order is reserved, committed, released at most once (DESIGN 3.2), so `type:order_id`
+# identifies the effect: an outcome that inventory re-published after a crash, under a
+# new offset, is still counted once.
+ORDER_EFFECTS: dict[type[Message], Callable[[Any, str, NotifierKeys], list[Op]]] = {
+    OrderPlaced: _placed,
+    OrderRejected: _refused_here,
+    ReservationRejected: _rejected,
+    ReservationConfirmed: _confirmed,
+    ReservationCommitted: _committed,
+    ReservationReleased: _released,
+    ReservationExpired: _expired,
+}
+
+
+def order_effect(event: OrderEvent, offset: int, keys: NotifierKeys) -> EventEffect:
+    """An order's event: counted once per (type, order) in its session's totals."""
+    session_id = event.session_id
+    ops = ORDER_EFFECTS[type(event)](event, keys.totals(session_id), keys)
+    return EventEffect(
+        offset, Guard(keys.seen(session_id), f"{event.TYPE}:{event.order_id}"), tuple(ops)
+    )
+
+
+def stock_effect(event: StockChanged, offset: int, keys: NotifierKeys) -> EventEffect:
+    """A stock snapshot: kept unless a newer version of the sku's was stored."""
+    state = [event.received, event.available, event.reserved, event.sold]
+    assign = AssignIfNewer(keys.stock, event.sku, _json(state), keys.stock_versions, event.version)
+    return EventEffect(offset, None, (assign,))
+
+
+def session_effect(event: SessionUpdated, offset: int, keys: NotifierKeys) -> EventEffect:
+    """A session's latest state (the topic is compacted: the last one is the truth)."""
+    session_key = keys.session(event.session_id)
+    listings = [
+        {"sku": item.sku, "title": item.title, "price_cents": item.price_cents}
+        for item in event.listings
+    ]
+    return EventEffect(
+        offset,
+        None,
+        (
+            Assign(session_key, "host_id", event.host_id),
+            Assign(session_key, "title", event.title),
+            Assign(session_key, "status", event.status),
+            Assign(session_key, "listings", _json(listings)),
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What the projection store did with a batch's effects."""
+
+    applied: int
+    skipped: int
+
+
+# What each event the projection watches does to it.
+EFFECTS: dict[type[Message], Callable[[Any, int, NotifierKeys], EventEffect]] = {
+    **{order_event: order_effect for order_event in ORDER_EFFECTS},
+    StockChanged: stock_effect,
+    SessionUpdated: session_effect,
+}
+
+
+def effect_of(message: Message, offset: int, keys: NotifierKeys) -> EventEffect:
     """The effect of one event on the projection; events it does not watch have none."""
-    if event_type in ORDER_EVENTS:
-        session_id = str(data["session_id"])
-        return EventEffect(
-            offset=offset,
-            guard=Guard(keys.seen(session_id), f"{event_type}:{data['order_id']}"),
-            ops=tuple(_order_ops(event_type, data, keys.totals(session_id), keys)),
-        )
-    if event_type == "stock.changed":
-        state = [int(data["received"])] + [int(data[name]) for name in STOCK_FIELDS]
-        version = data.get("version")
-        assign = AssignIfNewer(
-            keys.stock,
-            str(data["sku"]),
-            _json(state),
-            keys.stock_versions,
-            int(version) if version is not None else None,
-        )
-        return EventEffect(offset, None, (assign,))
-    if event_type == "session.updated":
-        session_key = keys.session(str(data["session_id"]))
-        listings = [
-            {"sku": item["sku"], "title": item["title"], "price_cents": item["price_cents"]}
-            for item in data["listings"]
-        ]
-        return EventEffect(
-            offset,
-            None,
-            (
-                Assign(session_key, "host_id", str(data["host_id"])),
-                Assign(session_key, "title", str(data["title"])),
-                Assign(session_key, "status", str(data["status"])),
-                Assign(session_key, "listings", _json(listings)),
-            ),
-        )
-    return EventEffect(offset)
-
-
-def _order_ops(
-    event_type: str, data: Mapping[str, Any], totals: str, keys: NotifierKeys
-) -> list[Op]:
-    quantity = int(data["quantity"])
-    if event_type == "order.placed":
-        return [Increment(totals, "attempts", 1)]
-    if event_type == "order.rejected":
-        ops: list[Op] = [Increment(totals, "attempts", 1)]
-        counter = REJECTION_COUNTER.get(str(data["reason"]))
-        return ops + ([Increment(totals, counter, 1)] if counter else [])
-    if event_type == "reservation.rejected":
-        counter = REJECTION_COUNTER.get(str(data["reason"]))
-        return [Increment(totals, counter, 1)] if counter else []
-    if event_type == "reservation.confirmed":
-        return [
-            Increment(totals, "reserved_orders", 1),
-            Increment(totals, "units_reserved", quantity),
-        ]
-    if event_type == "reservation.committed":
-        gmv = int(data["total_cents"])
-        return [
-            Increment(totals, "paid_orders", 1),
-            Increment(totals, "units_reserved", -quantity),
-            Increment(totals, "units_sold", quantity),
-            Increment(totals, "gmv_cents", gmv),
-            RankAdd(keys.leaderboard, str(data["session_id"]), gmv),
-        ]
-    if event_type == "reservation.released":
-        return [
-            Increment(totals, "cancelled_orders", 1),
-            Increment(totals, "units_reserved", -quantity),
-        ]
-    if event_type == "reservation.expired":
-        return [
-            Increment(totals, "expired_orders", 1),
-            Increment(totals, "units_reserved", -quantity),
-        ]
-    return []
+    effect = EFFECTS.get(type(message))
+    return effect(message, offset, keys) if effect is not None else EventEffect(offset)
 
 
 def _json(value: object) -> str:
@@ -219,43 +266,32 @@ class SessionInfo:
         return [str(listing["sku"]) for listing in self.listings]
 
 
-def session_from_hash(session_id: str, raw: Mapping[bytes, bytes]) -> SessionInfo | None:
-    if not raw or b"host_id" not in raw:
-        return None
-    listings = orjson.loads(raw.get(b"listings", b"[]"))
-    return SessionInfo(
-        session_id=session_id,
-        host_id=raw[b"host_id"].decode(),
-        title=raw.get(b"title", b"").decode(),
-        status=raw.get(b"status", b"").decode(),
-        listings=tuple(listings),
-    )
+@dataclass(frozen=True, slots=True)
+class SkuStock:
+    """A SKU's counters as the newest stock.changed left them."""
 
-
-def totals_from_hash(raw: Mapping[bytes, bytes]) -> dict[str, int]:
-    return {name: int(raw.get(name.encode(), 0)) for name in TOTAL_FIELDS}
-
-
-def stock_from_json(raw: bytes | None) -> dict[str, int] | None:
-    """{available, reserved, sold} of a SKU, or None before its first stock.changed."""
-    if raw is None:
-        return None
-    _received, available, reserved, sold = orjson.loads(raw)
-    return {"available": available, "reserved": reserved, "sold": sold}
+    received: int
+    available: int
+    reserved: int
+    sold: int
 
 
 def session_payload(
-    session: SessionInfo, totals: dict[str, int], stock: Mapping[str, bytes | None]
+    session: SessionInfo, totals: dict[str, int], stock: Mapping[str, SkuStock | None]
 ) -> dict[str, Any]:
-    """Everything of a snapshot but `type`, `seq` and `at` (those are the push's)."""
+    """Everything of a snapshot but `type`, `seq` and `at` (those are the push's). SKUs
+    with no stock.changed yet are left out of `skus`."""
     skus: dict[str, dict[str, int]] = {}
     received: dict[str, int] = {}
     for sku in session.skus:
-        raw = stock.get(sku)
-        state = stock_from_json(raw)
-        if state is not None and raw is not None:
-            skus[sku] = state
-            received[sku] = int(orjson.loads(raw)[0])
+        state = stock.get(sku)
+        if state is not None:
+            skus[sku] = {
+                "available": state.available,
+                "reserved": state.reserved,
+                "sold": state.sold,
+            }
+            received[sku] = state.received
     return {
         "session_id": session.session_id,
         "totals": totals,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import orjson
@@ -11,25 +10,18 @@ from redis.asyncio import Redis
 
 from services.common.redis_scripts import LuaScript
 from services.notifier.projection import (
+    TOTAL_FIELDS,
+    Applied,
     Assign,
     AssignIfNewer,
     EventEffect,
     Increment,
     RankAdd,
     SessionInfo,
-    session_from_hash,
+    SkuStock,
     session_payload,
-    totals_from_hash,
 )
 from services.notifier.redis_keys import NotifierKeys
-
-APPLY_PROJECTION = LuaScript("services.notifier.lua", "apply_projection.lua")
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    applied: int
-    skipped: int
 
 
 class _KeyIndex:
@@ -49,6 +41,7 @@ class _KeyIndex:
 
 class ProjectionStore:
     def __init__(self, redis: Redis, keys: NotifierKeys, guard_ttl_s: int) -> None:
+        self._apply = LuaScript("services.notifier.lua", "apply_projection.lua")
         self._redis = redis
         self._keys = keys
         self._guard_ttl_s = guard_ttl_s
@@ -69,7 +62,7 @@ class ProjectionStore:
             entries.append(entry)
         if not entries:
             return Applied(0, 0)
-        applied, skipped, _last = await APPLY_PROJECTION(
+        applied, skipped, _last = await self._apply(
             self._redis,
             list(index.keys),
             [topic_partition, self._guard_ttl_s, orjson.dumps(entries)],
@@ -93,10 +86,10 @@ class ProjectionStore:
             if info is not None:
                 sessions.append((info, totals_from_hash(replies[2 * i + 1])))
         skus = sorted({sku for info, _ in sessions for sku in info.skus})
-        stock: dict[str, bytes | None] = {}
+        stock: dict[str, SkuStock | None] = {}
         if skus:
             values = cast(list[bytes | None], await self._redis.hmget(self._keys.stock, skus))
-            stock = dict(zip(skus, values, strict=True))
+            stock = {sku: stock_from_json(raw) for sku, raw in zip(skus, values, strict=True)}
         return {info.session_id: session_payload(info, totals, stock) for info, totals in sessions}
 
     async def leaderboard(self, limit: int) -> list[dict[str, Any]]:
@@ -140,3 +133,32 @@ def _encode_op(op: Increment | Assign | RankAdd | AssignIfNewer, index: _KeyInde
         version = "" if op.version is None else str(op.version)
         return ["n", index(op.key), op.field, op.value, index(op.versions), version]
     return ["z", index(op.key), op.member, str(op.amount)]
+
+
+# -- record codecs: what the projection's Lua step stored, as values
+
+
+def session_from_hash(session_id: str, raw: Mapping[bytes, bytes]) -> SessionInfo | None:
+    if not raw or b"host_id" not in raw:
+        return None
+    listings = orjson.loads(raw.get(b"listings", b"[]"))
+    return SessionInfo(
+        session_id=session_id,
+        host_id=raw[b"host_id"].decode(),
+        title=raw.get(b"title", b"").decode(),
+        status=raw.get(b"status", b"").decode(),
+        listings=tuple(listings),
+    )
+
+
+def totals_from_hash(raw: Mapping[bytes, bytes]) -> dict[str, int]:
+    return {name: int(raw.get(name.encode(), 0)) for name in TOTAL_FIELDS}
+
+
+def stock_from_json(raw: bytes | None) -> SkuStock | None:
+    """A SKU's stored counters ([received, available, reserved, sold], see
+    projection.stock_effect), or None before its first stock.changed."""
+    if raw is None:
+        return None
+    received, available, reserved, sold = orjson.loads(raw)
+    return SkuStock(received, available, reserved, sold)

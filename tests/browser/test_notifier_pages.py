@@ -16,6 +16,7 @@ from playwright.async_api import Browser, async_playwright, expect
 from services.common.kafka_topics import Topics
 from services.notifier.app import create_app
 from tests.conftest import auth, token
+from tests.events import data_of
 from tests.integration.test_notifier_support import (
     Item,
     Sale,
@@ -176,7 +177,7 @@ async def test_pick_console_completes_a_pick(
     await expect(page.locator(".pick")).to_have_count(7)
     await expect(page.locator(".wave")).to_have_count(3)
     await expect(page.locator(".wave").first.locator(".lot")).to_have_text("HZ-CRAB-1028")
-    target = items[0][2].data["pick_id"]
+    target = data_of(items[0][2])["pick_id"]
     row = page.locator(f'.pick[data-pick-id="{target}"]')
     await row.locator(".complete").click()
     await expect(row).to_have_count(0)

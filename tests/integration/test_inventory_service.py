@@ -22,8 +22,9 @@ from services.common.kafka_topics import Topics
 from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
 from services.inventory.app import create_app
-from services.inventory.outcomes import pick_id
+from services.inventory.outcome_events import pick_id
 from tests.conftest import auth
+from tests.events import data_of, event
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -100,7 +101,7 @@ async def reader_factory() -> AsyncIterator[Callable[..., Any]]:
 
 
 def placed(order_id: str, sku: str, buyer: str, quantity: int, limit: int = 2) -> Envelope:
-    return Envelope.create(
+    return event(
         "order.placed",
         {
             "order_id": order_id,
@@ -127,7 +128,7 @@ def paid(order_id: str, sku: str, buyer: str, quantity: int) -> Envelope:
         "payment_ref": f"pay-{order_id}",
         "amount_cents": quantity * 1_000,
     }
-    return Envelope.create("order.paid", data, source="test")
+    return event("order.paid", data, source="test")
 
 
 def cancelled(order_id: str, sku: str, buyer: str, quantity: int) -> Envelope:
@@ -138,7 +139,7 @@ def cancelled(order_id: str, sku: str, buyer: str, quantity: int) -> Envelope:
         "buyer_id": buyer,
         "quantity": quantity,
     }
-    return Envelope.create("order.cancelled", data, source="test")
+    return event("order.cancelled", data, source="test")
 
 
 async def put_lot(
@@ -188,7 +189,7 @@ async def test_orders_flow_to_outcomes_picks_and_stock_and_a_full_replay_changes
 
     async def decided() -> dict[str, str]:
         seen = {
-            e.data["order_id"]: e.data.get("reason", "confirmed")
+            data_of(e)["order_id"]: data_of(e).get("reason", "confirmed")
             for e in reader.of("reservation.confirmed", "reservation.rejected")
         }
         assert len(seen) == 9, seen
@@ -201,9 +202,13 @@ async def test_orders_flow_to_outcomes_picks_and_stock_and_a_full_replay_changes
         "o8": "sold_out",
         "t1": "confirmed",
     }
-    confirmed = next(e for e in reader.of("reservation.confirmed") if e.data["order_id"] == "o1")
-    assert confirmed.data["session_id"] == "live-1" and confirmed.data["total_cents"] == 2_000
-    assert confirmed.data["expires_at"].endswith("Z")
+    confirmed = next(
+        e for e in reader.of("reservation.confirmed") if data_of(e)["order_id"] == "o1"
+    )
+    assert (
+        data_of(confirmed)["session_id"] == "live-1" and data_of(confirmed)["total_cents"] == 2_000
+    )
+    assert data_of(confirmed)["expires_at"].endswith("Z")
 
     # Pay o1..o4, cancel o5, cancel t1 twice (a retried cancel); o6 stays held.
     await publisher.publish_many(
@@ -214,7 +219,7 @@ async def test_orders_flow_to_outcomes_picks_and_stock_and_a_full_replay_changes
 
     async def settled() -> dict[str, Any]:
         assert len(reader.of("reservation.committed")) == 4
-        assert {e.data["order_id"] for e in reader.of("reservation.released")} == {"o5", "t1"}
+        assert {data_of(e)["order_id"] for e in reader.of("reservation.released")} == {"o5", "t1"}
         state = await sku_state(http, app.url, "crab")
         assert (state["available"], state["reserved"], state["sold"]) == (2, 2, 8), state
         return state
@@ -236,27 +241,31 @@ async def test_orders_flow_to_outcomes_picks_and_stock_and_a_full_replay_changes
         return picks
 
     picks = await eventually(picks_out, what="5 pick tasks")
-    assert sorted((p.data["order_id"], p.data["lot_code"], p.data["quantity"]) for p in picks) == [
+    assert sorted(
+        (data_of(p)["order_id"], data_of(p)["lot_code"], data_of(p)["quantity"]) for p in picks
+    ) == [
         ("o1", "L1", 2),
         ("o2", "L1", 1),
         ("o2", "L2", 1),
         ("o3", "L2", 2),
         ("o4", "L2", 2),
     ]
-    assert {p.data["pick_id"] for p in picks} == {
-        pick_id(p.data["order_id"], p.data["lot_code"]) for p in picks
+    assert {data_of(p)["pick_id"] for p in picks} == {
+        pick_id(data_of(p)["order_id"], data_of(p)["lot_code"]) for p in picks
     }
-    assert {p.data["warehouse_id"] for p in picks if p.data["lot_code"] == "L2"} == {"wh-b"}
-    committed = next(e for e in reader.of("reservation.committed") if e.data["order_id"] == "o2")
-    assert committed.data["allocations"] == [
+    assert {data_of(p)["warehouse_id"] for p in picks if data_of(p)["lot_code"] == "L2"} == {"wh-b"}
+    committed = next(
+        e for e in reader.of("reservation.committed") if data_of(e)["order_id"] == "o2"
+    )
+    assert data_of(committed)["allocations"] == [
         {"lot_code": "L1", "warehouse_id": "wh-a", "quantity": 1},
         {"lot_code": "L2", "warehouse_id": "wh-b", "quantity": 1},
     ]
-    assert committed.data["payment_ref"] == "pay-o2"
+    assert data_of(committed)["payment_ref"] == "pay-o2"
     counters = {k: crab[k] for k in ("sku", "received", "available", "reserved", "sold")}
 
     async def announced() -> bool:
-        snapshots = [e.data for e in reader.of("stock.changed") if e.data["sku"] == "crab"]
+        snapshots = [data_of(e) for e in reader.of("stock.changed") if data_of(e)["sku"] == "crab"]
         last = dict(snapshots[-1])
         # The version (counted by every counter change since the first lot) orders them.
         return last.pop("version") > 0 and last == counters
@@ -286,7 +295,7 @@ async def test_orders_flow_to_outcomes_picks_and_stock_and_a_full_replay_changes
     assert set(Counter(e.event_id for e in everything)) == set(before_ids)
     assert await sku_state(http, again.url, "crab") == crab
     assert await sku_state(http, again.url, "tea") == tea
-    assert len({p.data["pick_id"] for p in reader.of("pick.requested")}) == 5
+    assert len({data_of(p)["pick_id"] for p in reader.of("pick.requested")}) == 5
     async with http.get(f"{again.url}/metrics") as r:
         metrics = await r.text()
     # The restarted process decided nothing itself: it only answered stored decisions.
@@ -327,7 +336,7 @@ async def test_unpaid_holds_expire_through_the_outbox_and_give_units_back(
     )
 
     async def expired() -> set[str]:
-        gone = {e.data["order_id"] for e in reader.of("reservation.expired")}
+        gone = {data_of(e)["order_id"] for e in reader.of("reservation.expired")}
         assert gone == {"r0", "r1", "r2"}
         return gone
 
@@ -337,7 +346,7 @@ async def test_unpaid_holds_expire_through_the_outbox_and_give_units_back(
     assert (state["available"], state["reserved"], state["sold"]) == (3, 0, 0)
 
     async def announced() -> bool:
-        last = [e.data for e in reader.of("stock.changed")][-1]
+        last = [data_of(e) for e in reader.of("stock.changed")][-1]
         return bool(last["available"] == 3)
 
     await eventually(announced, what="stock.changed after the expiry")

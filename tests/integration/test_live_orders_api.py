@@ -35,6 +35,7 @@ from services.common.web_app import METRICS
 from services.live_orders.app import create_app
 from services.live_orders.redis_keys import RedisKeys
 from tests.conftest import Backends, auth, new_prefix, settings_for
+from tests.events import data_of, event
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -87,7 +88,7 @@ class Decider:
         return [
             e
             for e in self.seen
-            if e.type == type_ and (order_id is None or e.data["order_id"] == order_id)
+            if e.type == type_ and (order_id is None or data_of(e)["order_id"] == order_id)
         ]
 
     async def orders_topic_size(self) -> int:
@@ -112,7 +113,7 @@ class Decider:
             await self._decide(envelope)
 
     async def _decide(self, event: Envelope) -> None:
-        data = event.data
+        data = data_of(event)
         sku, order_id = data["sku"], data["order_id"]
         base = {k: data[k] for k in ("order_id", "session_id", "sku", "buyer_id", "quantity")}
         if event.type == "order.placed":
@@ -162,7 +163,7 @@ class Decider:
             await self._publish(kind, sku, base)
 
     async def _publish(self, type_: str, key: str, data: dict[str, Any]) -> None:
-        envelope = Envelope.create(type_, data, source="decider", dedup_key=data.get("order_id"))
+        envelope = event(type_, data, source="decider", dedup_key=data.get("order_id"))
         await self.publisher.publish(self.topics.inventory, key, envelope)
 
 
@@ -300,10 +301,10 @@ async def session_events(stack: Stack, session_id: str, until_status: str) -> li
         async with asyncio.timeout(20):
             async for record in consumer:
                 envelope = decode(record.value)
-                assert record.key == envelope.data["session_id"].encode()
-                if envelope.data["session_id"] == session_id:
-                    found.append(envelope.data)
-                    if envelope.data["status"] == until_status:
+                assert record.key == data_of(envelope)["session_id"].encode()
+                if data_of(envelope)["session_id"] == session_id:
+                    found.append(data_of(envelope))
+                    if data_of(envelope)["status"] == until_status:
                         return found
     finally:
         await consumer.stop()
@@ -459,8 +460,8 @@ async def test_orders_reserve_then_reject_over_limit_and_sold_out(stack: Stack) 
     assert reserved["expires_at"].endswith("Z")
     placed = stack.decider.events("order.placed", reserved["order_id"])
     assert len(placed) == 1
-    assert placed[0].data["buyer_id"] == buyer and placed[0].data["per_user_limit"] == 2
-    assert placed[0].data["total_cents"] == 5000
+    assert data_of(placed[0])["buyer_id"] == buyer and data_of(placed[0])["per_user_limit"] == 2
+    assert data_of(placed[0])["total_cents"] == 5000
 
     status, over, _ = await order(stack, sid, buyer, sku, 1)
     assert status == 409 and over["status"] == "rejected" and over["reason"] == "limit_exceeded"
@@ -639,7 +640,7 @@ async def test_rate_limit_stops_a_bot_but_not_a_human(stack: Stack) -> None:
 
 
 async def _count_placed(stack: Stack, buyer: str, expected: int) -> bool:
-    placed = [e for e in stack.decider.events("order.placed") if e.data["buyer_id"] == buyer]
+    placed = [e for e in stack.decider.events("order.placed") if data_of(e)["buyer_id"] == buyer]
     assert len(placed) == expected, (len(placed), expected)
     return True
 
@@ -693,7 +694,7 @@ async def test_not_on_sale_before_start_after_end_and_outside_the_window(stack: 
     async def all_published() -> bool:
         for order_id in rejected:
             events = stack.decider.events("order.rejected", order_id)
-            assert len(events) == 1 and events[0].data["reason"] == "not_on_sale", order_id
+            assert len(events) == 1 and data_of(events[0])["reason"] == "not_on_sale", order_id
             assert not stack.decider.events("order.placed", order_id)
         return True
 
@@ -722,7 +723,7 @@ async def test_sold_out_fast_path_answers_without_inventory(stack: Stack, redis:
 
     async def published() -> bool:
         events = stack.decider.events("order.rejected", rejected_id)
-        assert len(events) == 1 and events[0].data["reason"] == "sold_out"
+        assert len(events) == 1 and data_of(events[0])["reason"] == "sold_out"
         return True
 
     await eventually(published, what="order.rejected published")

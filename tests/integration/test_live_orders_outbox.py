@@ -23,6 +23,7 @@ from services.live_orders.order_store import OrderStore
 from services.live_orders.redis_keys import RedisKeys, new_order_id
 from tests import live_orders_support as support
 from tests.conftest import Backends
+from tests.events import data_of
 from tests.kafka_offsets import read_topic
 
 pytestmark = pytest.mark.integration
@@ -100,7 +101,7 @@ async def test_the_sweep_publishes_orders_whose_request_died_and_drops_the_rest(
     assert stored is not None and stored.published
 
     events = await read_topic(backends.kafka_bootstrap, topics.orders)
-    by_order = {(e.type, e.data["order_id"]) for e in events}
+    by_order = {(e.type, data_of(e)["order_id"]) for e in events}
     assert ("order.placed", orphan.order_id) in by_order
     assert ("order.rejected", refused.order_id) in by_order
     assert ("order.placed", young.order_id) not in by_order

@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 
 from deploy.local.stack import free_port
-from services.common.events import Envelope
 from services.common.redis_scripts import create_redis
 from services.common.settings import Settings
 from services.common.web_app import METRICS
 from services.live_orders.app import create_app
 from services.live_orders.redis_keys import RedisKeys
 from tests.conftest import RunningApp, auth
+from tests.events import event
 from tests.integration.test_live_orders_api import Decider
 from tests.waiting import eventually
 
@@ -128,7 +128,7 @@ async def test_two_processes_share_decisions_and_the_sold_out_set(
         await decider.publisher.publish(
             decider.topics.inventory,
             "crab-0",
-            Envelope.create("reservation.confirmed", confirmed, source="test"),
+            event("reservation.confirmed", confirmed, source="test"),
         )
         decided = await poll
         assert decided["status"] == "reserved"

@@ -15,12 +15,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from services.common.clock import from_rfc3339
-from services.common.events import Envelope
 from services.common.kafka_topics import Topics
 from services.common.settings import Settings
 from services.notifier.app import create_app
-from services.notifier.projection_consumer import consumed_topics
+from services.notifier.handlers import consumed_topics
 from tests.conftest import auth
+from tests.events import event
 from tests.integration.test_notifier_support import (
     Frames,
     Item,
@@ -218,7 +218,7 @@ async def test_an_older_stock_snapshot_never_replaces_a_newer_one(
         }
         if version is not None:
             data["version"] = version
-        return (topics.inventory, sku, Envelope.create("stock.changed", data, source="test"))
+        return (topics.inventory, sku, event("stock.changed", data, source="test"))
 
     def sku_state(frames: Frames) -> dict[str, int] | None:
         return frames.last["skus"].get(sku) if frames.last else None
@@ -241,7 +241,7 @@ async def test_an_older_stock_snapshot_never_replaces_a_newer_one(
             "quantity": 1,
             "reason": "sold_out",
         }
-        marker = Envelope.create("reservation.rejected", rejected, source="test")
+        marker = event("reservation.rejected", rejected, source="test")
         await pub.publish_many(
             [
                 stock(6, 3, 1, 5),

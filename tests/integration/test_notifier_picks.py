@@ -13,6 +13,7 @@ import pytest
 from services.common.kafka_topics import Topics
 from services.notifier.app import create_app
 from tests.conftest import auth, token
+from tests.events import data_of
 from tests.integration.test_notifier_support import Item, Sale, collect, publisher, stop_task
 from tests.waiting import eventually
 
@@ -105,11 +106,12 @@ async def test_every_pick_is_one_task_resent_until_completed(
         await eventually(lambda: _true(len(pick_ids(frames.items)) >= 25), what="25 open tasks")
         await pub.publish_many([late])
         await eventually(
-            lambda: _true(late[2].data["pick_id"] in pick_ids(frames.items)), what="the new pick"
+            lambda: _true(data_of(late[2])["pick_id"] in pick_ids(frames.items)),
+            what="the new pick",
         )
         resent = pick_ids(frames.items)
         assert resent[:25] and sorted(resent[:25]) == sorted(ids[5:])
-        assert resent[25:] == [late[2].data["pick_id"]]
+        assert resent[25:] == [data_of(late[2])["pick_id"]]
         await again.close()
         await stop_task(reader)
 

@@ -21,6 +21,7 @@ from services.common.kafka_topics import Topics
 from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
 from services.notifier.projection import TOTAL_FIELDS
+from tests.events import event
 from tests.waiting import eventually
 
 # The contract's totals (DESIGN 4.5), as the projection names them.
@@ -74,7 +75,7 @@ class Sale:
         self.picks: list[dict[str, Any]] = []
 
     def _envelope(self, type_: str, data: dict[str, Any], dedup: str | None = None) -> Envelope:
-        return Envelope.create(type_, data, source="test", dedup_key=dedup)
+        return event(type_, data, source="test", dedup_key=dedup)
 
     def session_updated(self, status: str = "live") -> list[Item]:
         data = {

@@ -19,6 +19,7 @@ from services.common.kafka_producer import EventPublisher, create_producer
 from services.common.kafka_topics import Topics, ensure_topics
 from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
+from tests.events import data_of, event
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -32,7 +33,7 @@ def stock_changed(sku: str, available: int) -> Envelope:
         "reserved": 0,
         "sold": 10 - available,
     }
-    return Envelope.create("stock.changed", data, source="test")
+    return event("stock.changed", data, source="test")
 
 
 @pytest.fixture
@@ -79,7 +80,7 @@ class Collector:
         self.events.extend(batch)
 
     def available_of(self, sku: str) -> list[int]:
-        return [e.envelope.data["available"] for e in self.events if e.key == sku]
+        return [data_of(e.envelope)["available"] for e in self.events if e.key == sku]
 
 
 async def test_events_arrive_in_order_per_key(
@@ -130,12 +131,12 @@ async def test_bad_messages_go_to_the_dlq_and_the_consumer_keeps_going(
         await runner.stop()
 
     dead = await read_all(settings, topics.dlq, expected=2)
-    reasons = {base64.b64decode(d.data["value_b64"]): d.data["reason"] for d in dead}
+    reasons = {base64.b64decode(data_of(d)["value_b64"]): data_of(d)["reason"] for d in dead}
     assert set(reasons) == {garbage, unknown}
     assert reasons[garbage].startswith("not JSON")
     assert "unknown event type order.exploded" in reasons[unknown]
     assert all(d.type == "event.dead_lettered" for d in dead)
-    assert {d.data["offset"] for d in dead} == {1, 2}
+    assert {data_of(d)["offset"] for d in dead} == {1, 2}
 
 
 async def test_a_restarted_consumer_resumes_after_its_committed_offsets(
@@ -170,7 +171,7 @@ async def test_a_failing_handler_is_retried_not_skipped(
     calls: list[list[int]] = []
 
     async def flaky(batch: Sequence[ConsumedEvent]) -> None:
-        calls.append([e.envelope.data["available"] for e in batch])
+        calls.append([data_of(e.envelope)["available"] for e in batch])
         if len(calls) == 1:
             raise RuntimeError("Redis blinked")
 

@@ -12,16 +12,8 @@ from aiokafka.errors import KafkaTimeoutError
 
 from services.common.events import Envelope
 from services.common.kafka_producer import EventPublisher
+from services.common.messages import OrderRejected
 from services.common.metrics import PlatformMetrics
-
-REJECTED = {
-    "order_id": "o1",
-    "session_id": "s1",
-    "sku": "crab",
-    "buyer_id": "b1",
-    "quantity": 1,
-    "reason": "sold_out",
-}
 
 
 class FakeProducer:
@@ -42,8 +34,8 @@ class FakeProducer:
         return delivery
 
 
-def event(order_id: str) -> Envelope:
-    return Envelope.create("order.rejected", {**REJECTED, "order_id": order_id}, source="t")
+def event(order_id: str) -> Envelope[OrderRejected]:
+    return Envelope.of(OrderRejected(order_id, "s1", "crab", "b1", 1, "sold_out"), source="t")
 
 
 async def test_each_caller_gets_its_own_answer_from_one_batch() -> None:

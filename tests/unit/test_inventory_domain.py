@@ -1,4 +1,5 @@
-"""Inventory's pure parts: batch planning, lot order, stored records, outcome events."""
+"""Inventory's pure parts: cutting a batch into runs, lot order, stored records, outcome
+events."""
 
 from __future__ import annotations
 
@@ -6,62 +7,72 @@ from typing import Any
 
 import orjson
 
+from services.common.consumed import ConsumedEvent
 from services.common.events import Envelope, decode, encode
-from services.common.kafka_consumer import ConsumedEvent
-from services.inventory import outcomes
-from services.inventory.domain import (
-    Cancellation,
-    Lot,
-    OrderRecord,
-    Payment,
-    PlaceRun,
-    StockLevels,
-    fefo_key,
-    plan_batch,
+from services.common.messages import (
+    LotAllocation,
+    Message,
+    OrderCancelled,
+    OrderPaid,
+    OrderPlaced,
+    OrderRejected,
+    PickRequested,
+    ReservationCommitted,
+    ReservationConfirmed,
+    ReservationRejected,
+    StockChanged,
 )
+from services.inventory import outcome_events
+from services.inventory.domain import Lot, StockLevels, fefo_key
+from services.inventory.handlers import RunHandler, plan_runs
+from services.inventory.stock_store import levels_from_redis, record_from_json
 
 
-def consumed(offset: int, type_: str, sku: str, order_id: str) -> ConsumedEvent:
-    data: dict[str, Any] = {"order_id": order_id, "sku": sku}
+def consumed(offset: int, message: Message) -> ConsumedEvent[Message]:
+    """An event as the runner hands it over."""
     return ConsumedEvent(
         topic="lc.orders",
         partition=0,
         offset=offset,
-        key=sku,
-        envelope=Envelope(type=type_, data=data, source="test"),
+        key=None,
+        envelope=Envelope.of(message, source="test"),
         timestamp_ms=0,
     )
 
 
-def test_plan_batch_keeps_offset_order_per_sku_and_runs_consecutive_placements() -> None:
-    events = [
-        consumed(0, "order.placed", "crab", "o1"),
-        consumed(1, "order.placed", "tea", "o2"),
-        consumed(2, "order.rejected", "crab", "o3"),  # ignored: does not split the run
-        consumed(3, "order.placed", "crab", "o4"),
-        consumed(4, "order.paid", "crab", "o1"),
-        consumed(5, "order.placed", "crab", "o5"),
-        consumed(6, "order.cancelled", "tea", "o2"),
-        consumed(7, "session.updated", "crab", "x"),
-    ]
-    plan = plan_batch(events)
+def placed(sku: str, order_id: str) -> OrderPlaced:
+    return OrderPlaced(order_id, "s", sku, "b", 1, 100, 100, 2, "2026-11-28T12:00:00.000Z")
 
-    def shape(steps: list[Any]) -> list[tuple[str, list[int]]]:
-        out = []
-        for step in steps:
-            if isinstance(step, PlaceRun):
-                out.append(("place", [e.offset for e in step.events]))
-            elif isinstance(step, Payment):
-                out.append(("pay", [step.event.offset]))
-            else:
-                assert isinstance(step, Cancellation)
-                out.append(("cancel", [step.event.offset]))
-        return out
+
+def test_plan_runs_keeps_offset_order_per_sku_and_joins_consecutive_events_of_a_class() -> None:
+    async def place(*_: Any) -> None: ...
+    async def pay(*_: Any) -> None: ...
+    async def cancel(*_: Any) -> None: ...
+
+    table: dict[type[Message], RunHandler] = {
+        OrderPlaced: place,
+        OrderPaid: pay,
+        OrderCancelled: cancel,
+    }
+    events = [
+        consumed(0, placed("crab", "o1")),
+        consumed(1, placed("tea", "o2")),
+        # Not in the table: left out, so it does not split the run around it.
+        consumed(2, OrderRejected("o3", "s", "crab", "b", 1, "sold_out")),
+        consumed(3, placed("crab", "o4")),
+        consumed(4, OrderPaid("o1", "s", "crab", "b", 1, "pay-1", 100)),
+        consumed(5, placed("crab", "o5")),
+        consumed(6, OrderCancelled("o2", "s", "tea", "b", 1)),
+    ]
+    plan = plan_runs(events, table)
+
+    def shape(sku: str) -> list[tuple[Any, list[int]]]:
+        return [(run.handler, [e.offset for e in run.events]) for run in plan[sku]]
 
     assert list(plan) == ["crab", "tea"]
-    assert shape(plan["crab"]) == [("place", [0, 3]), ("pay", [4]), ("place", [5])]
-    assert shape(plan["tea"]) == [("place", [1]), ("cancel", [6])]
-    assert plan_batch([consumed(0, "order.rejected", "crab", "o")]) == {}
+    assert shape("crab") == [(place, [0, 3]), (pay, [4]), (place, [5])]
+    assert shape("tea") == [(place, [1]), (cancel, [6])]
+    assert plan_runs([events[2]], table) == {}
 
 
 def test_fefo_puts_the_earliest_expiry_first_and_lots_without_expiry_last() -> None:
@@ -79,8 +90,8 @@ def test_stock_levels_invariant() -> None:
     assert StockLevels(10, 3, 5, 2).consistent
     assert not StockLevels(10, 3, 5, 3).consistent
     assert not StockLevels(0, -1, 1, 0).consistent
-    assert StockLevels.from_redis([b"4", None, b"1", b"3", None]) == StockLevels(4, 0, 1, 3)
-    assert StockLevels.from_redis([b"4", b"0", b"1", b"3", b"7"]).version == 7
+    assert levels_from_redis([b"4", None, b"1", b"3", None]) == StockLevels(4, 0, 1, 3)
+    assert levels_from_redis([b"4", b"0", b"1", b"3", b"7"]).version == 7
 
 
 # What the Lua scripts store (cjson): total_cents travels as a string so large sums
@@ -104,51 +115,48 @@ COMMITTED = orjson.dumps(
 
 
 def test_outcome_events_are_valid_and_keep_their_ids_when_rebuilt() -> None:
-    record = OrderRecord.from_json("o1", COMMITTED)
+    record = record_from_json("o1", COMMITTED)
     assert record.state == "committed" and record.confirmed
     assert record.allocations[1].expires_on is None
 
     built = [
-        outcomes.reservation_decided("crab", record, "inv-1"),
-        outcomes.reservation_committed("crab", record, "inv-1"),
-        *(outcomes.pick_requested("crab", record, a, "inv-1") for a in record.allocations),
-        outcomes.reservation_released("crab", record, "inv-1"),
-        outcomes.reservation_expired("crab", record, "inv-1"),
-        outcomes.stock_changed("crab", StockLevels(5, 1, 1, 3, version=42), "inv-1"),
+        outcome_events.reservation_decided("crab", record, "inv-1"),
+        outcome_events.reservation_committed("crab", record, "inv-1"),
+        *(outcome_events.pick_requested("crab", record, a, "inv-1") for a in record.allocations),
+        outcome_events.reservation_released("crab", record, "inv-1"),
+        outcome_events.reservation_expired("crab", record, "inv-1"),
+        outcome_events.stock_changed("crab", StockLevels(5, 1, 1, 3, version=42), "inv-1"),
     ]
-    # encode() validates against schemas/events: a field out of contract fails here.
-    wire = [decode(encode(envelope)) for envelope in built]
+    # decode() validates against schemas/events: a field out of contract fails here.
+    received = [decode(encode(envelope)) for envelope in built]
+    wire = [event.message for event in received]
     confirmed, committed, pick_1, pick_2 = wire[:4]
-    assert confirmed.type == "reservation.confirmed"
-    assert confirmed.data["expires_at"] == "2027-01-15T08:01:00.000Z"
-    assert confirmed.data["total_cents"] == 14700
-    assert committed.data["allocations"] == [
-        {"lot_code": "L1", "warehouse_id": "wh-1", "quantity": 2},
-        {"lot_code": "L2", "warehouse_id": "wh-2", "quantity": 1},
-    ]
-    assert (pick_1.data["lot_code"], pick_1.data["expires_on"]) == ("L1", "2026-12-01")
-    assert pick_2.data["expires_on"] is None
-    assert pick_1.data["pick_id"] == outcomes.pick_id("o1", "L1") != pick_2.data["pick_id"]
+    assert isinstance(confirmed, ReservationConfirmed)
+    assert confirmed.expires_at == "2027-01-15T08:01:00.000Z"
+    assert confirmed.total_cents == 14700
+    assert isinstance(committed, ReservationCommitted)
+    assert committed.allocations == (
+        LotAllocation("L1", "wh-1", 2),
+        LotAllocation("L2", "wh-2", 1),
+    )
+    assert isinstance(pick_1, PickRequested) and isinstance(pick_2, PickRequested)
+    assert (pick_1.lot_code, pick_1.expires_on) == ("L1", "2026-12-01")
+    assert pick_2.expires_on is None
+    assert pick_1.pick_id == outcome_events.pick_id("o1", "L1") != pick_2.pick_id
     # The stock snapshot carries the version it was read with (consumers order by it).
-    assert wire[-1].data == {
-        "sku": "crab",
-        "received": 5,
-        "available": 1,
-        "reserved": 1,
-        "sold": 3,
-        "version": 42,
-    }
+    assert wire[-1] == StockChanged("crab", 5, 1, 1, 3, version=42)
 
     rebuilt = [
-        outcomes.reservation_decided("crab", record, "inv-2"),
-        outcomes.reservation_committed("crab", record, "inv-2"),
-        outcomes.pick_requested("crab", record, record.allocations[0], "inv-2"),
+        outcome_events.reservation_decided("crab", record, "inv-2"),
+        outcome_events.reservation_committed("crab", record, "inv-2"),
+        outcome_events.pick_requested("crab", record, record.allocations[0], "inv-2"),
     ]
     assert [e.event_id for e in rebuilt] == [e.event_id for e in built[:3]]
-    assert [e.data for e in rebuilt] == [e.data for e in built[:3]]
+    assert [e.message for e in rebuilt] == [e.message for e in built[:3]]
     # stock.changed is a snapshot: each one is new.
     assert (
-        outcomes.stock_changed("crab", StockLevels(5, 1, 1, 3), "x").event_id != wire[-1].event_id
+        outcome_events.stock_changed("crab", StockLevels(5, 1, 1, 3), "x").event_id
+        != received[-1].event_id
     )
 
 
@@ -156,8 +164,7 @@ def test_a_rejected_record_becomes_reservation_rejected_with_its_reason() -> Non
     raw = orjson.dumps(
         {"s": "rejected", "b": "b2", "q": 1, "sid": "s-1", "t": "4900", "r": "sold_out"}
     )
-    record = OrderRecord.from_json("o2", raw)
-    event = decode(encode(outcomes.reservation_decided("tea", record, "inv-1")))
-    assert event.type == "reservation.rejected"
-    assert event.data["reason"] == "sold_out"
+    record = record_from_json("o2", raw)
+    event = decode(encode(outcome_events.reservation_decided("tea", record, "inv-1")))
+    assert event.message == ReservationRejected("o2", "s-1", "tea", "b2", 1, "sold_out")
     assert not record.confirmed and record.expires_ms is None

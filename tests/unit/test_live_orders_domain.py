@@ -22,16 +22,18 @@ from services.live_orders.domain import (
     is_valid_idempotency_key,
     new_listing,
     parse_wait,
-    placement_status_code,
     request_fingerprint,
 )
+from services.live_orders.http_api import placement_status_code
 from services.live_orders.metrics import LiveOrdersMetrics
+from services.live_orders.order_store import order_from_record, order_to_record
 from services.live_orders.order_waiters import (
     OrderUpdate,
     OrderWaiters,
     decode_updates,
     encode_updates,
 )
+from services.live_orders.session_store import listing_from_record, listing_to_record
 from tests.waiting import eventually
 
 NOON = datetime(2030, 5, 1, 12, 0, tzinfo=UTC)
@@ -102,7 +104,7 @@ def test_new_listing_normalizes_times_to_utc_and_checks_the_window() -> None:
         new_listing({**body, "sale_ends_at": "2030-05-01T11:00:00Z"}, added_ms=5)
     with pytest.raises(InvalidInput):
         new_listing({**body, "sale_starts_at": "2030-05-01T20:00:00"}, added_ms=5)
-    assert Listing.from_record(made.to_record()) == made
+    assert listing_from_record(listing_to_record(made)) == made
 
 
 def test_quantity_above_the_per_user_limit_is_invalid() -> None:
@@ -143,7 +145,7 @@ def test_fingerprint_tells_bodies_apart() -> None:
 
 def test_order_record_round_trip_and_public_view() -> None:
     rejected = an_order(status="rejected", reason="not_on_sale")
-    assert Order.from_record(rejected.to_record()) == rejected
+    assert order_from_record(order_to_record(rejected)) == rejected
     view = rejected.to_public()
     assert view["status"] == "rejected" and view["reason"] == "not_on_sale"
     assert "buyer_id" not in view and "intent" not in view

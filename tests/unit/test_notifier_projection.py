@@ -7,22 +7,29 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from services.common.messages import MESSAGE_TYPES
 from services.common.problems import ProblemError
 from services.notifier.access import check_origin
 from services.notifier.pick_queue import PickTask, group_waves, parse_list_query
 from services.notifier.projection import (
     TOTAL_FIELDS,
     AssignIfNewer,
+    EventEffect,
     Increment,
     RankAdd,
     effect_of,
-    session_from_hash,
     session_payload,
 )
+from services.notifier.projection_store import session_from_hash, stock_from_json
 from services.notifier.redis_keys import NotifierKeys
 
 KEYS = NotifierKeys("lc:")
 BASE = {"order_id": "o1", "session_id": "s1", "sku": "crab", "buyer_id": "b1", "quantity": 2}
+
+
+def effect(type_: str, data: dict[str, Any], offset: int) -> EventEffect:
+    """The effect of the typed message that (type_, data) decodes to."""
+    return effect_of(MESSAGE_TYPES[(type_, 1)].from_data(data), offset, KEYS)
 
 
 def totals_after(*events: tuple[str, dict[str, Any]]) -> dict[str, int]:
@@ -30,12 +37,12 @@ def totals_after(*events: tuple[str, dict[str, Any]]) -> dict[str, int]:
     totals = dict.fromkeys(TOTAL_FIELDS, 0)
     seen: set[str] = set()
     for offset, (type_, data) in enumerate(events):
-        effect = effect_of(type_, data, offset, KEYS)
-        if effect.guard is not None:
-            if effect.guard.member in seen:
+        applied = effect(type_, data, offset)
+        if applied.guard is not None:
+            if applied.guard.member in seen:
                 continue
-            seen.add(effect.guard.member)
-        for op in effect.ops:
+            seen.add(applied.guard.member)
+        for op in applied.ops:
             if isinstance(op, Increment):
                 assert op.key == KEYS.totals("s1")
                 totals[op.field] += op.amount
@@ -102,34 +109,32 @@ def test_released_and_expired_give_units_back_and_count_once() -> None:
 
 
 def test_commit_feeds_the_leaderboard_and_stock_is_the_latest_state() -> None:
-    commit = effect_of(
+    commit = effect(
         "reservation.committed",
         {**BASE, "total_cents": 4200, "payment_ref": "p", "allocations": []},
         7,
-        KEYS,
     )
     assert RankAdd(KEYS.leaderboard, "s1", 4200) in commit.ops
-    stock = effect_of(
+    stock = effect(
         "stock.changed",
         {"sku": "crab", "received": 10, "available": 6, "reserved": 3, "sold": 1},
         8,
-        KEYS,
     )
     # Without a version (an older publisher) and with one: the store decides which wins.
     assert stock.guard is None
     assert stock.ops == (
         AssignIfNewer(KEYS.stock, "crab", "[10,6,3,1]", KEYS.stock_versions, None),
     )
-    versioned = effect_of(
+    versioned = effect(
         "stock.changed",
         {"sku": "crab", "received": 10, "available": 6, "reserved": 3, "sold": 1, "version": 12},
         8,
-        KEYS,
     )
     assert versioned.ops == (
         AssignIfNewer(KEYS.stock, "crab", "[10,6,3,1]", KEYS.stock_versions, 12),
     )
-    assert effect_of("order.paid", {**BASE}, 9, KEYS).ops == ()
+    paid = {**BASE, "payment_ref": "p", "amount_cents": 4200}
+    assert effect("order.paid", paid, 9).ops == ()
 
 
 def test_snapshot_lists_the_stock_of_the_session_skus_only() -> None:
@@ -145,9 +150,12 @@ def test_snapshot_lists_the_stock_of_the_session_skus_only() -> None:
     )
     assert session is not None and session.skus == ["crab", "rice"]
     payload = session_payload(
-        session, dict.fromkeys(TOTAL_FIELDS, 0), {"crab": b"[10,0,3,7]", "rice": None}
+        session,
+        dict.fromkeys(TOTAL_FIELDS, 0),
+        {"crab": stock_from_json(b"[10,0,3,7]"), "rice": stock_from_json(None)},
     )
     assert payload["skus"] == {"crab": {"available": 0, "reserved": 3, "sold": 7}}
+    assert payload["listings"][0]["received"] == 10 and payload["listings"][1]["received"] is None
     assert payload["session_id"] == "s1"
     assert session_from_hash("s2", {}) is None
 

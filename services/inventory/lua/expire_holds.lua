@@ -15,6 +15,8 @@
 -- released exactly once. The outcome goes to the outbox in that step too; the outbox is
 -- removed only after Kafka acknowledged it, so a crash in between loses no expiry.
 
+--#include hold.lua
+
 local stock, orders, buyers, holds, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
@@ -27,15 +29,7 @@ for _, order_id in ipairs(due) do
   if raw then
     local record = cjson.decode(raw)
     if record.s == 'reserved' then
-      local quantity = record.q
-      redis.call('HINCRBY', stock, 'available', quantity)
-      redis.call('HINCRBY', stock, 'reserved', -quantity)
-      if redis.call('HINCRBY', buyers, record.b, -quantity) <= 0 then
-        redis.call('HDEL', buyers, record.b)
-      end
-      record.s = 'expired'
-      local encoded = cjson.encode(record)
-      redis.call('HSET', orders, order_id, encoded)
+      local encoded = release_hold(stock, orders, buyers, holds, order_id, record, 'expired')
       redis.call('HSET', outbox, order_id, encoded)
       released = released + 1
     end
@@ -50,5 +44,5 @@ return {
   released,
   redis.call('ZCARD', holds),
   redis.call('HLEN', outbox),
-  redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold', 'v'),
+  stock_levels(stock),
 }

@@ -29,36 +29,19 @@ local offset_field = ARGV[2]
 local offset = tonumber(ARGV[3])
 local order_id = ARGV[4]
 
-local function levels()
-  return redis.call('HMGET', stock, 'received', 'available', 'reserved', 'sold', 'v')
-end
+--#include hold.lua
 
-local raw = redis.call('HGET', orders, order_id)
-if not raw then
-  return {'unknown', 0, '', levels()}
+local record, answer = take_hold_event(stock, orders, order_id, offset_field, offset)
+if not record then
+  return answer
 end
-local applied = tonumber(redis.call('HGET', stock, offset_field) or '-1')
-local record = cjson.decode(raw)
-if record.s ~= 'reserved' or offset <= applied then
-  -- Already decided (a replay, or the hold ended before this payment): report it.
-  return {record.s, 0, raw, levels()}
-end
-redis.call('HSET', stock, offset_field, offset)
 
 local quantity = record.q
 if record.x <= now then
-  redis.call('HINCRBY', stock, 'available', quantity)
-  redis.call('HINCRBY', stock, 'reserved', -quantity)
-  if redis.call('HINCRBY', buyers, record.b, -quantity) <= 0 then
-    redis.call('HDEL', buyers, record.b)
-  end
-  redis.call('ZREM', holds, order_id)
+  local encoded = release_hold(stock, orders, buyers, holds, order_id, record, 'expired')
   -- v orders the sku's stock.changed snapshots: bumped with every counter change.
   redis.call('HINCRBY', stock, 'v', 1)
-  record.s = 'expired'
-  local encoded = cjson.encode(record)
-  redis.call('HSET', orders, order_id, encoded)
-  return {'expired', 1, encoded, levels()}
+  return {'expired', 1, encoded, stock_levels(stock)}
 end
 
 local candidates = {}
@@ -114,4 +97,4 @@ record.pr = ARGV[5]
 record.ca = now
 local encoded = cjson.encode(record)
 redis.call('HSET', orders, order_id, encoded)
-return {'committed', 1, encoded, levels()}
+return {'committed', 1, encoded, stock_levels(stock)}

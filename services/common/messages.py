@@ -1,0 +1,267 @@
+"""One typed message class per event type and version: what publishers build and what
+consumer handlers receive.
+
+`schemas/events/<type>.v<version>.json` is the wire contract; tests/unit/test_messages.py
+holds these classes and those files together (same fields, same required set, every
+class's encoded sample valid), so neither can drift without a failing test. The codec in
+`services.common.events` validates incoming data against the schema and then builds the
+class registered for its `(type, version)` in `MESSAGE_TYPES`.
+
+The classes are frozen, slotted dataclasses, which orjson serializes natively: encoding an
+event costs no intermediate dict.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal, Self, TypedDict
+
+RejectReason = Literal["sold_out", "limit_exceeded", "not_on_sale"]
+SessionStatus = Literal["scheduled", "live", "ended"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of every event's data. `TYPE` and `VERSION` name it on the wire."""
+
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int]
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Self:
+        """From the `data` of a validated envelope (the schema allows no other fields)."""
+        return cls(**data)
+
+    def to_data(self) -> object:
+        """What goes into the envelope's `data` (the dataclass itself: orjson writes it)."""
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class OrderMessage(Message):
+    """An event about one order: these five fields lead every one of them."""
+
+    order_id: str
+    session_id: str
+    sku: str
+    buyer_id: str
+    quantity: int
+
+
+class OrderFacts(TypedDict):
+    """The fields every OrderMessage leads with, to build one from: `OrderPaid(**facts,
+    payment_ref=...)`."""
+
+    order_id: str
+    session_id: str
+    sku: str
+    buyer_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPlaced(OrderMessage):
+    TYPE: ClassVar[str] = "order.placed"
+    VERSION: ClassVar[int] = 1
+
+    unit_price_cents: int
+    total_cents: int
+    per_user_limit: int
+    placed_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRejected(OrderMessage):
+    """An attempt refused by live_orders itself (sold-out fast path, not on sale): it never
+    reaches inventory, but hosts count it as an attempt."""
+
+    TYPE: ClassVar[str] = "order.rejected"
+    VERSION: ClassVar[int] = 1
+
+    reason: RejectReason
+
+
+@dataclass(frozen=True, slots=True)
+class OrderPaid(OrderMessage):
+    TYPE: ClassVar[str] = "order.paid"
+    VERSION: ClassVar[int] = 1
+
+    payment_ref: str
+    amount_cents: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCancelled(OrderMessage):
+    TYPE: ClassVar[str] = "order.cancelled"
+    VERSION: ClassVar[int] = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationConfirmed(OrderMessage):
+    TYPE: ClassVar[str] = "reservation.confirmed"
+    VERSION: ClassVar[int] = 1
+
+    total_cents: int
+    expires_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationRejected(OrderMessage):
+    TYPE: ClassVar[str] = "reservation.rejected"
+    VERSION: ClassVar[int] = 1
+
+    reason: RejectReason
+
+
+@dataclass(frozen=True, slots=True)
+class LotAllocation:
+    lot_code: str
+    warehouse_id: str
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationCommitted(OrderMessage):
+    TYPE: ClassVar[str] = "reservation.committed"
+    VERSION: ClassVar[int] = 1
+
+    total_cents: int
+    payment_ref: str
+    allocations: tuple[LotAllocation, ...]
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Self:
+        allocations = tuple(LotAllocation(**a) for a in data["allocations"])
+        return cls(**{**data, "allocations": allocations})
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationReleased(OrderMessage):
+    """Units of a cancelled order given back to the pool."""
+
+    TYPE: ClassVar[str] = "reservation.released"
+    VERSION: ClassVar[int] = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationExpired(OrderMessage):
+    """Units of a hold whose payment deadline passed, given back to the pool."""
+
+    TYPE: ClassVar[str] = "reservation.expired"
+    VERSION: ClassVar[int] = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StockChanged(Message):
+    TYPE: ClassVar[str] = "stock.changed"
+    VERSION: ClassVar[int] = 1
+
+    sku: str
+    received: int
+    available: int
+    reserved: int
+    sold: int
+    # Per-sku version of these counters (higher is newer); None in events from before it
+    # existed (the field is absent on the wire), which consumers must still accept.
+    version: int | None = None
+
+    def to_data(self) -> object:
+        if self.version is not None:
+            return self
+        return {name: getattr(self, name) for name in _field_names(StockChanged)[:-1]}
+
+
+@dataclass(frozen=True, slots=True)
+class PickRequested(Message):
+    TYPE: ClassVar[str] = "pick.requested"
+    VERSION: ClassVar[int] = 1
+
+    pick_id: str
+    order_id: str
+    session_id: str
+    sku: str
+    warehouse_id: str
+    lot_code: str
+    quantity: int
+    expires_on: str | None
+    created_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    sku: str
+    title: str
+    price_cents: int
+    per_user_limit: int
+    sale_starts_at: str | None
+    sale_ends_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated(Message):
+    TYPE: ClassVar[str] = "session.updated"
+    VERSION: ClassVar[int] = 1
+
+    session_id: str
+    host_id: str
+    title: str
+    status: SessionStatus
+    listings: tuple[Listing, ...]
+    created_at: str
+    started_at: str | None = None
+    ended_at: str | None = None
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Self:
+        listings = tuple(Listing(**item) for item in data["listings"])
+        return cls(**{**data, "listings": listings})
+
+
+@dataclass(frozen=True, slots=True)
+class EventDeadLettered(Message):
+    """What a consumer could not decode or validate, kept whole for an engineer to read."""
+
+    TYPE: ClassVar[str] = "event.dead_lettered"
+    VERSION: ClassVar[int] = 1
+
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    consumer_group: str
+    key_b64: str | None
+    value_b64: str
+
+
+OrderOutcome = (
+    ReservationConfirmed
+    | ReservationRejected
+    | ReservationCommitted
+    | ReservationReleased
+    | ReservationExpired
+)
+
+ALL_MESSAGES: tuple[type[Message], ...] = (
+    OrderPlaced,
+    OrderRejected,
+    OrderPaid,
+    OrderCancelled,
+    ReservationConfirmed,
+    ReservationRejected,
+    ReservationCommitted,
+    ReservationReleased,
+    ReservationExpired,
+    StockChanged,
+    PickRequested,
+    SessionUpdated,
+    EventDeadLettered,
+)
+
+# (type, version) -> message class. The codec refuses anything not listed here.
+MESSAGE_TYPES: dict[tuple[str, int], type[Message]] = {
+    (cls.TYPE, cls.VERSION): cls for cls in ALL_MESSAGES
+}
+
+
+def _field_names(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))

@@ -1,0 +1,1 @@
+"""Lua scripts of inventory, loaded with `importlib.resources` by the Redis adapter."""
