@@ -168,7 +168,7 @@ class StockChanged(Message):
     def to_data(self) -> object:
         if self.version is not None:
             return self
-        return {name: getattr(self, name) for name in _field_names(StockChanged)[:-1]}
+        return _without(self, "version")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +185,54 @@ class PickRequested(Message):
     quantity: int
     expires_on: str | None
     created_at: str
+    # The code printed on the box label (GET /v1/trace/{trace_code}); None in events from
+    # before traceability (absent on the wire).
+    trace_code: str | None = None
+
+    def to_data(self) -> object:
+        if self.trace_code is not None:
+            return self
+        return _without(self, "trace_code")
+
+
+@dataclass(frozen=True, slots=True)
+class PickCompleted(Message):
+    """A pick task done by warehouse staff (published once, by the notifier)."""
+
+    TYPE: ClassVar[str] = "pick.completed"
+    VERSION: ClassVar[int] = 1
+
+    pick_id: str
+    order_id: str
+    sku: str
+    warehouse_id: str
+    lot_code: str
+    quantity: int
+    trace_code: str | None
+    completed_at: str
+    completed_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class LotUpdated(Message):
+    """A lot as it is after its journal grew (a receipt, an allocation, a completed pick);
+    `journal_seq` orders the versions of one lot."""
+
+    TYPE: ClassVar[str] = "lot.updated"
+    VERSION: ClassVar[int] = 1
+
+    sku: str
+    lot_code: str
+    warehouse_id: str
+    quantity: int
+    allocated: int
+    expires_on: str | None
+    origin: str | None
+    producer: str | None
+    harvested_on: str | None
+    inspection: str | None
+    journal_seq: int
+    journal_head: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +258,8 @@ class SessionUpdated(Message):
     created_at: str
     started_at: str | None = None
     ended_at: str | None = None
+    # Optional (absent in events from before pavilions): the promotion pavilion.
+    pavilion: str | None = None
 
     @classmethod
     def from_data(cls, data: dict[str, Any]) -> Self:
@@ -253,6 +303,8 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     ReservationExpired,
     StockChanged,
     PickRequested,
+    PickCompleted,
+    LotUpdated,
     SessionUpdated,
     EventDeadLettered,
 )
@@ -263,5 +315,6 @@ MESSAGE_TYPES: dict[tuple[str, int], type[Message]] = {
 }
 
 
-def _field_names(cls: type[Any]) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+def _without(message: Message, absent: str) -> dict[str, Any]:
+    """The message's data without an optional field that older events lack."""
+    return {f.name: getattr(message, f.name) for f in fields(message) if f.name != absent}

@@ -20,11 +20,13 @@ from services.common.messages import (
     EventDeadLettered,
     Listing,
     LotAllocation,
+    LotUpdated,
     Message,
     OrderCancelled,
     OrderPaid,
     OrderPlaced,
     OrderRejected,
+    PickCompleted,
     PickRequested,
     ReservationCommitted,
     ReservationConfirmed,
@@ -72,6 +74,32 @@ SAMPLES: dict[type[Message], Message] = {
         quantity=1,
         expires_on="2026-12-24",
         created_at=AT,
+        trace_code="Q7x2LmN4pR8sT1vW",
+    ),
+    PickCompleted: PickCompleted(
+        pick_id="p-1",
+        order_id="o-1",
+        sku="crab-01",
+        warehouse_id="wh-1",
+        lot_code="LOT-1",
+        quantity=1,
+        trace_code="Q7x2LmN4pR8sT1vW",
+        completed_at=AT,
+        completed_by="staff-1",
+    ),
+    LotUpdated: LotUpdated(
+        sku="crab-01",
+        lot_code="LOT-1",
+        warehouse_id="wh-1",
+        quantity=100,
+        allocated=3,
+        expires_on="2026-12-24",
+        origin="Yangcheng Lake",
+        producer="Lakeside Crab Cooperative",
+        harvested_on="2026-11-20",
+        inspection="CIQ-2026-118 passed",
+        journal_seq=4,
+        journal_head="a" * 64,
     ),
     SessionUpdated: SessionUpdated(
         session_id="s-1",
@@ -82,6 +110,7 @@ SAMPLES: dict[type[Message], Message] = {
         created_at=AT,
         started_at=AT,
         ended_at=None,
+        pavilion="特产馆",
     ),
     EventDeadLettered: EventDeadLettered("not JSON", "orders", 0, 42, "g", None, "e30="),
 }
@@ -122,6 +151,14 @@ def test_a_stock_snapshot_from_before_versions_has_no_version_on_the_wire() -> N
     assert "version" not in data
     assert first_error("events/stock.changed.v1.json", data) is None
     assert decode(encode(Envelope.of(old, source="test"))).message.version is None
+
+
+def test_a_pick_task_from_before_traceability_has_no_trace_code_on_the_wire() -> None:
+    old = dataclasses.replace(SAMPLES[PickRequested], trace_code=None)
+    data = orjson.loads(encode(Envelope.of(old, source="test")))["data"]
+    assert "trace_code" not in data
+    assert first_error("events/pick.requested.v1.json", data) is None
+    assert decode(encode(Envelope.of(old, source="test"))).message == old
 
 
 def test_every_schema_file_has_its_class() -> None:
