@@ -21,7 +21,7 @@ from services.live_orders.app import create_app
 from services.live_orders.redis_keys import RedisKeys
 from tests.conftest import RunningApp, auth
 from tests.events import event
-from tests.integration.test_live_orders_api import Decider
+from tests.integration.live_orders_stack import Decider
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
