@@ -29,7 +29,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from services.common.redis_scripts import ArgT, KeyT, LuaScript
 
-# As create_redis's socket_timeout: a dead Redis surfaces as an error, not a hang.
+# As create_redis's socket_timeout (LC_REDIS_TIMEOUT_S): a dead Redis surfaces as an
+# error, not a hang.
 READ_TIMEOUT_S = 5.0
 # Waits before the retries of a flush that met a dead connection (as create_redis's Retry).
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
@@ -40,8 +41,9 @@ _Queued = tuple[tuple[Any, ...], LuaScript | None, "asyncio.Future[Any] | None"]
 
 
 class TickPipeline:
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, read_timeout_s: float = READ_TIMEOUT_S) -> None:
         self._redis = redis
+        self._read_timeout_s = read_timeout_s
         self._queue: list[_Queued] = []
         self._scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
@@ -142,7 +144,7 @@ class TickPipeline:
                 b"".join([hiredis.pack_command(args) for args in commands])
             )
             # One deadline for all the replies, not a timer per reply.
-            async with asyncio.timeout(READ_TIMEOUT_S):
+            async with asyncio.timeout(self._read_timeout_s):
                 for _ in commands:
                     try:
                         replies.append(await connection.read_response(timeout=math.inf))
@@ -150,7 +152,7 @@ class TickPipeline:
                         replies.append(exc)
         except TimeoutError as exc:
             await connection.disconnect(nowait=True)
-            raise RedisTimeoutError(f"no reply from Redis within {READ_TIMEOUT_S} s") from exc
+            raise RedisTimeoutError(f"no reply from Redis within {self._read_timeout_s} s") from exc
         except BaseException:
             # Half-read replies would desynchronise the next user of the connection.
             await connection.disconnect(nowait=True)

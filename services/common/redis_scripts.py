@@ -53,7 +53,7 @@ class LuaScript:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-def create_redis(url: str) -> Redis:
+def create_redis(url: str, timeout_s: float = 5.0) -> Redis:
     """A client with timeouts that let a dead Redis surface as an error within seconds
     (readiness turns 503) instead of hanging a request."""
     # A blocking pool: during a burst, requests queue for a connection (bounded wait)
@@ -62,7 +62,7 @@ def create_redis(url: str) -> Redis:
         url,
         max_connections=64,
         timeout=5,
-        socket_timeout=5,
+        socket_timeout=timeout_s,
         socket_connect_timeout=2,
         health_check_interval=5,
         # After Redis restarts, every pooled connection is dead: a command that meets one

@@ -107,6 +107,9 @@ class Settings:
     # fetch, and cannot be fetched again until that fetch returns. Shorter also means more
     # polls from idle consumers (each costs the broker CPU).
     kafka_fetch_max_wait_ms: int = 50
+    # How long a Redis reply may take before the command counts as failed (the connection
+    # is then dropped, never reused with a reply in flight, and the call retried).
+    redis_timeout_s: float = 5.0
 
     @classmethod
     def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -145,6 +148,7 @@ class Settings:
             event_loop=_read(env, "LC_EVENT_LOOP", _event_loop, "uvloop"),
             kafka_linger_ms=_read(env, "LC_KAFKA_LINGER_MS", _non_negative_int, 0),
             kafka_fetch_max_wait_ms=_read(env, "LC_KAFKA_FETCH_MAX_WAIT_MS", _positive_int, 50),
+            redis_timeout_s=_read(env, "LC_REDIS_TIMEOUT_S", _positive_float, 5.0),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -140,7 +140,7 @@ def create_base_app(settings: Settings, metrics: PlatformMetrics | None = None) 
 async def platform_context(app: web.Application) -> AsyncIterator[None]:
     """Redis client, topics and the Kafka producer, for the app's lifetime."""
     settings = app[SETTINGS]
-    redis = create_redis(settings.redis_url)
+    redis = create_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
     await ensure_topics(settings)
     producer = create_producer(settings)
     await producer.start()

@@ -68,7 +68,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
     keys = RedisKeys(settings.redis_prefix)
 
     # The commands of every request in one loop tick share one round trip (redis_batch.py).
-    pipeline = TickPipeline(redis)
+    pipeline = TickPipeline(redis, read_timeout_s=settings.redis_timeout_s)
     order_store = OrderStore(redis, keys, settings.order_retention_s, pipeline)
     session_store = SessionStore(redis, keys, pipeline)
     contexts = OrderContextCache(session_store)

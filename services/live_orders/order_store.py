@@ -109,16 +109,21 @@ class OrderStore:
             ],
             before=("ZADD", self._keys.outbox, now_ms, candidate.order_id),
         )
-        if not reply[2:3] or not int(reply[2]):
+        outcome = cast(PlaceOutcome, reply[0].decode())
+        # Candidate ids are random per request, so a stored order with the candidate's id
+        # was stored by this very call: by this attempt, or by an earlier attempt of the
+        # same pipeline flush whose reply was lost (a timeout or a dropped connection,
+        # retried by TickPipeline), which answers "replay" and holds the lease.
+        ours = outcome in ("claimed", "replay") and reply[1].decode() == candidate.order_id
+        if not ours:
             # The candidate was not stored (a replayed key, a limit): nothing to publish.
             await self._pipeline.command("ZREM", self._keys.outbox, candidate.order_id)
-        outcome = cast(PlaceOutcome, reply[0].decode())
         if outcome == "limited":
             return Placement(outcome, retry_after_ms=int(reply[1]))
         order_id = reply[1].decode()
         if outcome == "mismatch":
             return Placement(outcome, order_id=order_id)
-        created, publish = bool(reply[2]), bool(reply[3])
+        created, publish = bool(reply[2]) or ours, bool(reply[3]) or ours
         # Created by this call from the candidate: nothing to read back.
         order = order_from_record(_record(reply[4:])) if len(reply) > 4 else candidate
         return Placement(outcome, order_id, order, created, publish)
