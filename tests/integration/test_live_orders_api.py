@@ -419,7 +419,8 @@ async def test_listings_are_validated_and_shown_with_the_session(stack: Stack) -
     for bad in bad_bodies:
         status, body, headers = await call(stack, "POST", path, auth("host", host), bad)
         assert status == 422 and is_problem(headers, body, 422), (bad, body)
-    status, body, _ = await call(stack, "POST", path, auth("host", host), data=b"{nope")
+    not_json = {**auth("host", host), "Content-Type": "application/json"}
+    status, body, _ = await call(stack, "POST", path, not_json, data=b"{nope")
     assert status == 400
     status, body, _ = await call(stack, "POST", path, auth("host", uid("host")), good)
     assert status == 404
@@ -586,9 +587,10 @@ async def test_bad_order_requests_change_nothing(stack: Stack, redis: Any) -> No
     for body, expected in cases:
         status, answer, got = await call(stack, "POST", path, headers, body)
         assert status == expected and is_problem(got, answer, expected), (body, answer)
-    status, answer, got = await call(stack, "POST", path, headers, data=b'{"sku": ')
+    as_json = {**headers, "Content-Type": "application/json"}
+    status, answer, got = await call(stack, "POST", path, as_json, data=b'{"sku": ')
     assert status == 400 and is_problem(got, answer, 400)
-    status, answer, got = await call(stack, "POST", path, headers, data=b"")
+    status, answer, got = await call(stack, "POST", path, as_json, data=b"")
     assert status == 400
     huge = b'{"sku": "' + b"x" * (2 * 1024 * 1024) + b'", "quantity": 1}'
     status, answer, got = await call(stack, "POST", path, headers, data=io.BytesIO(huge))
