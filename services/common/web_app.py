@@ -360,7 +360,7 @@ def _require_json_content_type(request: web.Request) -> None:
         media_type.startswith("application/") and media_type.endswith("+json")
     )
     if not is_json or charset not in ("utf-8", "utf8"):
-        shown = request.headers.get("Content-Type", "none")
+        shown = request.headers.get("Content-Type", "none")[:100]
         raise ProblemError(
             415,
             "Unsupported Media Type",
