@@ -48,3 +48,15 @@ def first_error(relative_path: str, instance: object) -> str | None:
         message = exc.message.removeprefix(exc.name or "").strip()
         return f"{where}: {message}" if where else f"value {message}"
     return None
+
+
+@cache
+def integer_fields(relative_path: str) -> frozenset[str]:
+    """The top-level properties the schema types as integers (alone or with null)."""
+    properties = schema(relative_path).get("properties", {})
+    found = set()
+    for name, rule in properties.items():
+        kind = rule.get("type")
+        if kind == "integer" or (isinstance(kind, list) and "integer" in kind):
+            found.add(name)
+    return frozenset(found)

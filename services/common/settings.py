@@ -83,6 +83,9 @@ class Settings:
     # several stacks can share one Redis without seeing each other's data.
     redis_prefix: str = "lc:"
     max_body_bytes: int = 64 * 1024
+    # How long a request body may take to arrive once its handler reads it (408 after): a
+    # client trickling bytes must not hold a connection and a handler for minutes.
+    body_read_timeout_s: float = 5.0
     consumer_batch_max: int = 500
     # Buyer token bucket: a human pressing buy a few times never reaches it; a bot does.
     rate_limit_burst: int = 10
@@ -134,6 +137,7 @@ class Settings:
             reservation_ttl_s=_read(env, "LC_RESERVATION_TTL_S", _non_negative_float, 900.0),
             redis_prefix=_read(env, "LC_REDIS_PREFIX", str, "lc:"),
             max_body_bytes=_read(env, "LC_MAX_BODY_BYTES", _positive_int, 64 * 1024),
+            body_read_timeout_s=_read(env, "LC_BODY_READ_TIMEOUT_S", _positive_float, 5.0),
             consumer_batch_max=_read(env, "LC_CONSUMER_BATCH_MAX", _positive_int, 500),
             rate_limit_burst=_read(env, "LC_RATE_LIMIT_BURST", _positive_int, 10),
             rate_limit_per_s=_read(env, "LC_RATE_LIMIT_PER_S", _non_negative_float, 5.0),

@@ -1,7 +1,9 @@
 """The aiohttp app factory every service builds on.
 
 `create_base_app` gives the routes and middleware all services share (`/healthz`,
-`/readyz`, `/metrics`, problem+json errors, body limit, request metrics);
+`/readyz`, `/metrics`, problem+json errors, request metrics, and the guards against
+hostile requests: body size, bodies where none belong, ids outside the grammar,
+malformed HTTP);
 `platform_context` opens and closes the Redis client and Kafka producer in
 `app.cleanup_ctx`. A service adds its own routes and cleanup contexts after these.
 """
@@ -12,7 +14,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
-from typing import Any
+from http import HTTPStatus
+from typing import Any, TypeVar
 
 import orjson
 import uvloop
@@ -21,16 +24,23 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 
 from services.common.auth import Principal, Role, TokenVerifier, authenticate, require_role
+from services.common.identifiers import ID_RULE, is_valid_id
 from services.common.json_logging import configure_logging
 from services.common.kafka_consumer import BatchHandler, ConsumerRunner
 from services.common.kafka_producer import EventPublisher, create_producer
 from services.common.kafka_topics import Topics, ensure_topics
 from services.common.messages import Message
 from services.common.metrics import PlatformMetrics
-from services.common.problems import ProblemError, bad_request, problem_response, unprocessable
+from services.common.problems import (
+    ProblemError,
+    bad_request,
+    not_found,
+    problem_response,
+    unprocessable,
+)
 from services.common.readiness import Readiness, kafka_check, redis_check
 from services.common.redis_scripts import create_redis
-from services.common.schemas import first_error
+from services.common.schemas import first_error, integer_fields
 from services.common.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -44,25 +54,150 @@ TOPICS = web.AppKey("topics", Topics)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+H = TypeVar("H", bound=Handler)
+
+# The route handlers that read a request body (`read_json_body`); every other route refuses
+# one before its handler runs. Functions, registered at import by `takes_json_body`.
+_BODY_HANDLERS: set[Callable[..., Any]] = set()
+
+
+def takes_json_body(handler: H) -> H:
+    """Mark a route handler as one that reads a JSON body: requests to any other route
+    that carry a body are refused (413) without reading it."""
+    _BODY_HANDLERS.add(handler)
+    return handler
+
+
+# Route handlers that need no bearer token in the request (pages, sockets that take the
+# token as their first message, public lookups): an id outside the grammar is a plain 404
+# there. Elsewhere the caller is authenticated first (401 before anything is revealed).
+_OPEN_HANDLERS: set[Callable[..., Any]] = set()
+
+
+def open_route(handler: H) -> H:
+    """Mark a route handler as one that a request without an Authorization header may
+    reach (it authenticates by other means, or needs no caller)."""
+    _OPEN_HANDLERS.add(handler)
+    return handler
+
+
+# A body on a route that takes none is read and ignored up to this size (clients that send
+# `{}` with every POST); above it, or of unknown length, it is refused unread (413).
+IGNORED_BODY_MAX = 1024
 
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        return await handler(request)
+        response = await handler(request)
     except ProblemError as problem:
-        return problem.response()
+        response = problem.response()
     except web.HTTPRequestEntityTooLarge as exc:
-        return problem_response(413, "Content Too Large", exc.text or "request body too large")
+        response = problem_response(413, "Content Too Large", exc.text or "request body too large")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return problem_response(
+        response = problem_response(
             exc.status, exc.reason, exc.text or exc.reason, headers=_keep_headers(exc)
         )
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionError) and request.transport is None:
+            # The client went away (mid-body, or before its answer): nothing failed here,
+            # and nobody is left to read an answer.
+            log.info("client disconnected", extra={"path": request.path, "method": request.method})
+            return problem_response(400, "Bad Request", "the client disconnected")
         log.exception("unhandled error", extra={"path": request.path, "method": request.method})
         return problem_response(500, "Internal Server Error", "the server failed to answer")
+    if not response.prepared and request.body_exists and not request.content.is_eof():
+        # Answered before the body arrived (refused, or timed out): what is still on the way
+        # is not a next request, so the connection ends with this answer.
+        response.force_close()
+    return response
+
+
+@web.middleware
+async def hostile_input_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refusals that need no handler, before any body is read or any work is done: a
+    declared body over the limit (413, also on routes that read none), a body over
+    IGNORED_BODY_MAX on a route that takes none (413), and path ids outside the grammar
+    (404: they name nothing; after the 401 of a caller without a valid token, except on
+    open routes)."""
+    length = request.content_length
+    limit = request.client_max_size
+    if length is not None and length > limit:
+        raise ProblemError(
+            413,
+            "Content Too Large",
+            f"the request body ({length} bytes) is over the limit of {limit} bytes",
+        )
+    route = request.match_info.route
+    if route.resource is None:  # no route matched: 404 or 405 follows, the body unread
+        return await handler(request)
+    if not isinstance(route.resource, web.StaticResource):
+        for name, value in request.match_info.items():
+            if not is_valid_id(value):
+                if route.handler not in _OPEN_HANDLERS:
+                    principal(request)  # 401 for a caller without a valid token
+                raise not_found(f"no such {name.removesuffix('_id')}: ids are {ID_RULE}")
+    if route.handler not in _BODY_HANDLERS and (
+        (length is not None and length > IGNORED_BODY_MAX)
+        or (length is None and request.body_exists)
+    ):
+        raise ProblemError(413, "Content Too Large", "this route takes no request body")
+    return await handler(request)
+
+
+class _ProblemRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering what its HTTP parser refuses (a header line
+    over 8190 bytes, a control character in a header value, a malformed request line) with
+    problem+json like every other refusal, logged on one line instead of a traceback.
+
+    The parser runs before any middleware, request factory or signal sees the request, and
+    its answer comes from `handle_error`; this is the one place to change it."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            return super().handle_error(request, status, exc, message)
+        # The parser's first line, without the request bytes it quotes after a colon.
+        first_line = next(iter((message or "").strip().splitlines()), "")
+        detail = first_line.split(": b", 1)[0].strip().rstrip(":")[:200]
+        log.info("malformed request refused", extra={"status": status, "error": detail})
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already sent on this connection")
+        try:
+            title = HTTPStatus(status).phrase
+        except ValueError:
+            title = "Bad Request"
+        response = problem_response(status, title, detail or "malformed HTTP request")
+        response.force_close()
+        return response
+
+
+class _ProblemServer(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+def _answer_malformed_requests_with_problems(app: web.Application) -> None:
+    """Make the app's server use `_ProblemRequestHandler`, however it is run (`web.run_app`
+    and every `web.AppRunner` build their server with the app's `_make_handler`)."""
+    make_server = app._make_handler
+
+    def make(**kwargs: Any) -> web.Server:
+        server = make_server(**kwargs)
+        # Same state, one method more: the server's own constructor arguments stay as
+        # aiohttp chose them.
+        server.__class__ = _ProblemServer
+        return server
+
+    # Bypasses Application.__setattr__, which warns about new attributes in debug mode.
+    object.__setattr__(app, "_make_handler", make)
 
 
 def _keep_headers(exc: web.HTTPException) -> dict[str, str]:
@@ -123,8 +258,12 @@ def create_base_app(settings: Settings, metrics: PlatformMetrics | None = None) 
     metrics = metrics or PlatformMetrics.create()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[_metrics_middleware(metrics), problem_middleware],
+        middlewares=[_metrics_middleware(metrics), problem_middleware, hostile_input_guard],
+        # After an early answer, the rest of a body is read and dropped for at most this
+        # long (so the client sees the answer, not a reset), then the connection closes.
+        handler_args={"lingering_time": settings.body_read_timeout_s},
     )
+    _answer_malformed_requests_with_problems(app)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[READINESS] = Readiness()
@@ -203,10 +342,21 @@ def principal(request: web.Request, *roles: Role) -> Principal:
 async def read_json_body(request: web.Request, schema: str) -> dict[str, Any]:
     """The request body as a dict valid against `schemas/http/<schema>.json`.
 
-    Too large: 413 (the app's `client_max_size`). Not JSON: 400. Not an object, unknown
-    fields, wrong types, missing required fields: 422. Nothing has changed at that point.
+    Not declared JSON (`Content-Type` other than `application/json` or
+    `application/*+json`, charset other than UTF-8): 415, unread. Too large: 413 (the
+    app's `client_max_size`). Not all there within `body_read_timeout_s`: 408. Not JSON:
+    400. Not an object, unknown fields, wrong types (`1.0` where an integer belongs),
+    missing required fields: 422. Nothing has changed at that point.
     """
-    raw = await request.read()
+    _require_json_content_type(request)
+    timeout_s = request.app[SETTINGS].body_read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):
+            raw = await request.read()
+    except TimeoutError as exc:
+        raise ProblemError(
+            408, "Request Timeout", f"the request body did not arrive within {timeout_s:g} s"
+        ) from exc
     if not raw:
         raise bad_request("request body is empty; a JSON object is required")
     try:
@@ -218,7 +368,28 @@ async def read_json_body(request: web.Request, schema: str) -> dict[str, Any]:
         raise unprocessable(error)
     if not isinstance(body, dict):
         raise unprocessable("request body must be a JSON object")
+    # JSON Schema counts 1.0 as an integer; quantities and money are whole numbers on the
+    # wire too.
+    for name in integer_fields(f"http/{schema}.json"):
+        value = body.get(name)
+        if value is not None and type(value) is not int:
+            raise unprocessable(f"{name}: {value!r} is not an integer")
     return body
+
+
+def _require_json_content_type(request: web.Request) -> None:
+    media_type = request.content_type.lower() if "Content-Type" in request.headers else ""
+    charset = (request.charset or "utf-8").lower()
+    is_json = media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+    if not is_json or charset not in ("utf-8", "utf8"):
+        shown = request.headers.get("Content-Type", "none")[:100]
+        raise ProblemError(
+            415,
+            "Unsupported Media Type",
+            f"the body must be JSON sent as Content-Type: application/json (got {shown!r})",
+        )
 
 
 def run(app: web.Application, settings: Settings) -> None:

@@ -9,7 +9,14 @@ from typing import Any
 from aiohttp import web
 
 from services.common.problems import conflict, json_response, not_found, unprocessable
-from services.common.web_app import PUBLISHER, SETTINGS, TOPICS, principal, read_json_body
+from services.common.web_app import (
+    PUBLISHER,
+    SETTINGS,
+    TOPICS,
+    principal,
+    read_json_body,
+    takes_json_body,
+)
 from services.inventory import outcome_events
 from services.inventory.app_keys import STOCK_STORE
 from services.inventory.domain import Lot, LotInput
@@ -20,6 +27,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/skus/{sku}", get_sku)
 
 
+@takes_json_body
 async def put_lot(request: web.Request) -> web.Response:
     principal(request, "admin")
     body = await read_json_body(request, "lot-upsert")

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal, cast
 
 from services.common.clock import from_rfc3339, to_rfc3339
+from services.common.identifiers import is_valid_id as _is_valid_id
 from services.common.messages import Listing as ListingMessage
 from services.common.messages import (
     OrderOutcome,
@@ -40,11 +41,8 @@ REJECT_REASONS: frozenset[str] = frozenset({"sold_out", "limit_exceeded", "not_o
 # `?wait=S` is bounded so a request never holds a connection for long.
 MAX_WAIT_S = 10.0
 
-# Ids that appear in paths and Redis keys: what we generate (uuid4 hex) and nothing exotic,
-# so a crafted id can never reach into another key's hash tag.
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 # Idempotency keys are chosen by clients: printable ASCII, bounded.
-_IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_KEY_PATTERN = re.compile(r"[\x21-\x7e]{1,255}")
 
 
 class InvalidInput(ValueError):
@@ -68,11 +66,14 @@ class RateLimited(Exception):
 
 
 def is_valid_id(value: str) -> bool:
-    return bool(_ID_PATTERN.match(value))
+    """Ids in paths and Redis keys: the one grammar of every service (see
+    services/common/identifiers.py), so a crafted id never reaches into another key's hash
+    tag."""
+    return _is_valid_id(value)
 
 
 def is_valid_idempotency_key(value: str) -> bool:
-    return bool(_IDEMPOTENCY_KEY_PATTERN.match(value))
+    return _IDEMPOTENCY_KEY_PATTERN.fullmatch(value) is not None
 
 
 def parse_wait(raw: str | None, default: float) -> float:

@@ -28,7 +28,7 @@ from services.common.problems import (
     not_found,
     unprocessable,
 )
-from services.common.web_app import SETTINGS, Handler, principal, read_json_body
+from services.common.web_app import SETTINGS, Handler, principal, read_json_body, takes_json_body
 from services.live_orders.app_keys import USE_CASES, UseCases
 from services.live_orders.domain import (
     MAX_WAIT_S,
@@ -137,6 +137,7 @@ async def _body(request: web.Request, schema: str, *integers: str) -> dict[str, 
 # ---------------------------------------------------------------------------- sessions
 
 
+@takes_json_body
 async def create_session(request: web.Request) -> web.Response:
     who = principal(request, "host", "admin")
     body = await _body(request, "session-create")
@@ -173,6 +174,7 @@ async def _move_session(request: web.Request, action: str) -> web.Response:
     return json_response(session.to_message())
 
 
+@takes_json_body
 async def add_listing(request: web.Request) -> web.Response:
     who = principal(request, "host", "admin")
     session_id = _path_id(request, "session_id")
@@ -187,6 +189,7 @@ async def add_listing(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------------------ orders
 
 
+@takes_json_body
 async def place_order(request: web.Request) -> web.Response:
     who = principal(request, "buyer")
     session_id = _path_id(request, "session_id")
@@ -215,6 +218,7 @@ async def get_order(request: web.Request) -> web.Response:
     return json_response(order.to_public())
 
 
+@takes_json_body
 async def pay_order(request: web.Request) -> web.Response:
     principal(request, "payments", "admin")
     order_id = _path_id(request, "order_id")

@@ -17,24 +17,40 @@ SESSION_GRACE_S = 2.0
 
 def check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
     """Refuse (403) a browser page of another origin. Clients that send no Origin (not a
-    browser) and pages served from this very host pass; others only when listed in
-    `LC_ALLOWED_ORIGINS` (`*` allows every origin)."""
+    browser) and pages served from this very origin (scheme, host and port) pass; others
+    only when listed in `LC_ALLOWED_ORIGINS` (`*` allows every origin)."""
     origin = request.headers.get("Origin")
     if origin is None or "*" in allowed or origin in allowed:
         return
-    if not _same_origin(origin, request.host):
+    if not _same_origin(origin, _request_scheme(request), request.host):
         raise ProblemError(403, "Forbidden", f"origin {origin!r} is not allowed")
 
 
-def _same_origin(origin: str, host_header: str) -> bool:
+def _request_scheme(request: web.Request) -> str:
+    """The scheme the browser used. Behind a TLS-terminating proxy (the ingress) an https
+    page's request arrives over http, and the proxy says so in X-Forwarded-Proto. A page
+    cannot set that header itself (not on a WebSocket or EventSource, and a fetch with it
+    needs a CORS preflight this service never grants), so it cannot pass for this origin
+    with it."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return forwarded if forwarded in ("http", "https") else request.scheme
+
+
+def _same_origin(origin: str, scheme: str, host_header: str) -> bool:
+    """RFC 6454: the same scheme, host and port (an https page is another origin than
+    http on the same host and port)."""
     try:
         page = URL(origin)
-        here = URL(f"{page.scheme}://{host_header}")
+        here = URL(f"{scheme}://{host_header}")
     except ValueError:
         return False
     if page.scheme not in ("http", "https") or not page.host:
         return False
-    return (page.host.lower(), page.port) == ((here.host or "").lower(), here.port)
+    return (page.scheme, page.host.lower(), page.port) == (
+        here.scheme,
+        (here.host or "").lower(),
+        here.port,
+    )
 
 
 async def require_session_watcher(

@@ -17,7 +17,7 @@ from services.common.auth import Principal, bearer_token
 from services.common.background import stop_tasks
 from services.common.clock import now_rfc3339
 from services.common.problems import ProblemError, bad_request, json_response, not_found
-from services.common.web_app import SETTINGS, VERIFIER, principal
+from services.common.web_app import SETTINGS, VERIFIER, open_route, principal
 from services.notifier.access import (
     check_origin,
     require_session_watcher,
@@ -89,6 +89,7 @@ async def _anyone(_: Principal) -> None:
     return None
 
 
+@open_route
 async def session_live(request: web.Request) -> web.StreamResponse:
     ws, admitted = await open_live_socket(request, _session_authorizer(request))
     if not admitted:
@@ -103,6 +104,7 @@ async def session_live(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+@open_route
 async def picks_live(request: web.Request) -> web.StreamResponse:
     ws, admitted = await open_live_socket(request, _warehouse_authorizer(request))
     if not admitted:
@@ -118,6 +120,7 @@ async def picks_live(request: web.Request) -> web.StreamResponse:
     return ws
 
 
+@open_route
 async def leaderboard_live(request: web.Request) -> web.StreamResponse:
     ws, admitted = await open_live_socket(request, _anyone)
     if not admitted:
@@ -343,6 +346,7 @@ def page(filename: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]
     """A page of static/: the token never travels in its URL (the page reads it from the
     fragment and sends it as the socket's first message)."""
 
+    @open_route
     async def handler(_: web.Request) -> web.StreamResponse:
         return web.FileResponse(
             STATIC_DIR / filename,

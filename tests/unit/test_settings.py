@@ -31,6 +31,8 @@ def test_missing_secret_names_the_variable() -> None:
         ("LC_TOPIC_PARTITIONS", "0"),
         ("LC_LOG_LEVEL", "LOUD"),
         ("LC_JWT_SECRET", "   "),
+        ("LC_BODY_READ_TIMEOUT_S", "0"),
+        ("LC_BODY_READ_TIMEOUT_S", "soon"),
     ],
 )
 def test_malformed_values_name_the_variable(variable: str, value: str) -> None:
@@ -45,8 +47,11 @@ def test_values_are_parsed() -> None:
         "LC_NOTIFIER_PORT": "9999",
         "LC_ALLOWED_ORIGINS": "https://a.example, https://b.example",
         "LC_RESERVATION_TTL_S": "2.5",
+        "LC_BODY_READ_TIMEOUT_S": "1.5",
     }
     settings = Settings.from_env("notifier", env)
+    assert settings.body_read_timeout_s == 1.5
+    assert Settings.from_env("notifier", {"LC_JWT_SECRET": SECRET}).body_read_timeout_s == 5.0
     assert settings.http_port == 9999
     assert settings.allowed_origins == ("https://a.example", "https://b.example")
     assert settings.reservation_ttl_s == 2.5

@@ -270,6 +270,8 @@ async def post_order(
     data: bytes | io.BytesIO | None = None,
 ) -> Answer:
     headers = {**auth("buyer", buyer), "Idempotency-Key": key or uuid.uuid4().hex}
+    if data is not None:
+        headers["Content-Type"] = "application/json"  # raw bytes, declared as JSON
     path = f"/v1/sessions/{session_id}/orders"
     return await call(stack, "POST", path, headers, json, data=data)
 

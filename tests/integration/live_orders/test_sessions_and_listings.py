@@ -230,9 +230,9 @@ async def test_a_listing_that_is_not_json_is_a_400(stack: Stack) -> None:
     host = uid("host")
     session = await new_session(stack, host)
 
-    status, body, _ = await call(
-        stack, "POST", listings_path(session), auth("host", host), data=b"{nope"
-    )
+    as_json = {**auth("host", host), "Content-Type": "application/json"}
+
+    status, body, _ = await call(stack, "POST", listings_path(session), as_json, data=b"{nope")
 
     assert status == 400, body
 
