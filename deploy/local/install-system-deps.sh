@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs from Debian's packages and is not on a fresh machine:
 # redis-server (the stack and the tests), chromium and a CJK font (the browser tests), wrk
-# (the load generator of `make bench`), and checks that Java 17+ and Maven (Kafka) are there.
+# (the load generator of `make bench`), promtool (from the `prometheus` package: the tests
+# check deploy/observability/ with it), and checks that Java 17+ and Maven (Kafka) are there.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -13,6 +14,15 @@ command -v wrk >/dev/null || want+=(wrk)
 [[ "${LC_SKIP_CHROMIUM:-0}" == 1 ]] || [[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]] || want+=(fonts-wqy-microhei)
 command -v java >/dev/null || want+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || want+=(maven)
+# Optional (the tests fall back to structural checks without it), so only where apt-get
+# can install it. Only promtool is wanted; the package's Prometheus server is stopped below.
+if [[ "${LC_SKIP_PROMTOOL:-0}" != 1 ]] && ! command -v promtool >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    want+=(prometheus)
+  else
+    echo "note: promtool not found (Debian: apt-get install prometheus); deploy/observability is then checked without it" >&2
+  fi
+fi
 
 if ((${#want[@]})); then
   if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
@@ -23,6 +33,10 @@ if ((${#want[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${want[@]}" >/dev/null
+  if [[ " ${want[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
+    # Debian starts and enables the server (on :9090); this machine only needs promtool.
+    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
 fi
 
 java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)

@@ -61,6 +61,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         # the partitions from there and does not redo it.
         async with self._runner.processing:
             await self._runner.commit_pending()
+            self._runner.forget_lag(revoked)
             log.info(
                 "partitions revoked",
                 extra={"group": self._runner.group, "partitions": str(revoked)},
@@ -267,6 +268,12 @@ class ConsumerRunner:
                 self._metrics.consumer_lag.labels(self.group, tp.topic, str(tp.partition)).set(
                     max(highwater - next_offset, 0)
                 )
+
+    def forget_lag(self, partitions: Sequence[TopicPartition]) -> None:
+        """Drop the lag series of partitions this member gave up: their new owner reports
+        them, and a stale value left here would add to the group's lag for good."""
+        for tp in partitions:
+            self._metrics.consumer_lag.remove(self.group, tp.topic, str(tp.partition))
 
     async def _call_handler(self, events: list[ConsumedEvent[Message]]) -> None:
         attempt = 0

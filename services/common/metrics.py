@@ -25,6 +25,7 @@ class PlatformMetrics:
     consumer_batch_size: Histogram
     consumer_batch_mode: Gauge
     handler_failures: Counter
+    readiness: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> PlatformMetrics:
@@ -85,6 +86,12 @@ class PlatformMetrics:
                 "lc_consumer_handler_failures",
                 "Batches whose handler raised (they are retried, never skipped)",
                 ["group"],
+                registry=registry,
+            ),
+            readiness=Gauge(
+                "lc_readiness_check",
+                "1 while a check of /readyz passes, 0 while it fails (evaluated at each scrape)",
+                ["check"],
                 registry=registry,
             ),
         )

@@ -52,6 +52,13 @@ REDIS = web.AppKey("redis", Redis)
 PUBLISHER = web.AppKey("publisher", EventPublisher)
 TOPICS = web.AppKey("topics", Topics)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
+# Async steps run right before each /metrics answer, for gauges read from shared state
+# (Redis): every process then reports the same, current value, never a stale one left by
+# the last event it happened to handle.
+MetricsRefresh = Callable[[], Awaitable[None]]
+METRICS_REFRESH = web.AppKey("metrics_refresh", list[MetricsRefresh])
+# A scrape with Redis away still answers, with the refreshed gauges as they were.
+METRICS_REFRESH_TIMEOUT_S = 1.5
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 H = TypeVar("H", bound=Handler)
@@ -250,7 +257,17 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
+    metrics = request.app[METRICS]
+    # Readiness as a series too, so an alert sees a process that answers 503 on /readyz.
+    for name, ok in (await request.app[READINESS].evaluate()).items():
+        metrics.readiness.labels(name).set(1 if ok else 0)
+    for refresh in request.app[METRICS_REFRESH]:
+        try:
+            async with asyncio.timeout(METRICS_REFRESH_TIMEOUT_S):
+                await refresh()
+        except Exception:
+            log.warning("metrics refresh failed", exc_info=True)
+    body = generate_latest(metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -269,6 +286,7 @@ def create_base_app(settings: Settings, metrics: PlatformMetrics | None = None) 
     app[READINESS] = Readiness()
     app[TOPICS] = Topics.with_prefix(settings.topic_prefix)
     app[VERIFIER] = TokenVerifier(settings.jwt_secret)
+    app[METRICS_REFRESH] = []
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)

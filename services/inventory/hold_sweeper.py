@@ -51,13 +51,19 @@ class HoldSweeper:
         now = epoch_ms() if now_ms is None else now_ms
         total = 0
         outstanding = 0
+        backlog = 0
         for sku, stamp in await self._store.skus_with_holds():
+            released = 0
             while True:
                 result = await self._store.expire_holds(sku, now_ms=now, limit=self._batch)
-                total += result.released
+                released += result.released
                 if result.released < self._batch:
                     break
+            total += released
             outstanding += result.holds_left
+            # What this sweep added is about to be published (the publisher is woken
+            # below); anything older in the outbox is what publishing has not caught up on.
+            backlog += max(result.outbox_len - released, 0)
             if result.holds_left == 0 and result.outbox_len == 0:
                 # Nothing left to expire or announce. The stamp read before the call makes
                 # this a no-op if a new hold arrived since.
@@ -66,6 +72,7 @@ class HoldSweeper:
             self._metrics.sweeper_releases.inc(total)
             self.released.set()
         self._metrics.holds_outstanding.set(outstanding)
+        self._metrics.expiry_backlog.set(backlog)
         return total
 
     async def run(self) -> None:

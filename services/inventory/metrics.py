@@ -16,6 +16,7 @@ class InventoryMetrics:
     decision_latency: Histogram
     holds_outstanding: Gauge
     sweeper_releases: Counter
+    expiry_backlog: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> InventoryMetrics:
@@ -47,6 +48,12 @@ class InventoryMetrics:
             sweeper_releases=Counter(
                 "lc_inventory_sweeper_releases",
                 "Overdue holds released by the sweeper",
+                registry=registry,
+            ),
+            expiry_backlog=Gauge(
+                "lc_inventory_expiry_backlog",
+                "Expiries released before the last sweep and still not published to Kafka "
+                "(outbox entries older than one sweep interval)",
                 registry=registry,
             ),
         )

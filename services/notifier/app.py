@@ -11,6 +11,7 @@ from services.common.background import stop_tasks
 from services.common.settings import Settings
 from services.common.web_app import (
     METRICS,
+    METRICS_REFRESH,
     REDIS,
     SETTINGS,
     TOPICS,
@@ -81,6 +82,12 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
     app[LEADERBOARD_FEED] = leaderboard_feed
     app[PICK_FEED] = pick_feed
     app[TICKER] = ticker
+
+    async def count_open_picks() -> None:
+        for warehouse_id, count in (await picks.open_counts()).items():
+            metrics.open_picks.labels(warehouse_id).set(count)
+
+    app[METRICS_REFRESH].append(count_open_picks)
 
     handlers = EventHandlers(keys=keys, projection=projection, picks=picks, metrics=metrics)
     runner = consumer_for(

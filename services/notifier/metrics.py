@@ -16,6 +16,7 @@ class NotifierMetrics:
     projection_lag: Gauge
     events_applied: Counter
     events_skipped: Counter
+    open_picks: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> NotifierMetrics:
@@ -61,6 +62,13 @@ class NotifierMetrics:
                 "lc_notifier_events_skipped",
                 "Events skipped as already applied (redelivered or re-published), by topic",
                 ["topic"],
+                registry=registry,
+            ),
+            open_picks=Gauge(
+                "lc_notifier_open_picks",
+                "Pick tasks opened and not yet completed, by warehouse (read from Redis at "
+                "each scrape: the same in every notifier process)",
+                ["warehouse_id"],
                 registry=registry,
             ),
         )

@@ -56,10 +56,24 @@ class PickStore:
             ]
             for offset, pick in picks
         ]
+        # Before the tasks open, so the index never misses a warehouse with open tasks.
+        await self._redis.sadd(
+            self._keys.pick_warehouses, *{pick.warehouse_id for _, pick in picks}
+        )
         opened, skipped = await self._apply_picks(
             self._redis, keys, [topic_partition, orjson.dumps(entries)]
         )
         return int(opened), int(skipped)
+
+    async def open_counts(self) -> dict[str, int]:
+        """warehouse_id -> number of open tasks, for every warehouse that had a pick."""
+        members = cast(set[bytes], await self._redis.smembers(self._keys.pick_warehouses))
+        warehouses = sorted(m.decode() for m in members)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for warehouse_id in warehouses:
+                pipe.zcard(self._keys.picks_open(warehouse_id))
+            counts = await pipe.execute()
+        return {w: int(n) for w, n in zip(warehouses, counts, strict=True)}
 
     async def get(self, pick_id: str) -> PickTask | None:
         tasks = await self._load([pick_id])

@@ -65,6 +65,11 @@ class NotifierKeys:
         return f"{self.base}picks:{warehouse_id}:done"
 
     @property
+    def pick_warehouses(self) -> str:
+        """Set of every warehouse_id that ever had a pick (read by the metrics)."""
+        return f"{self.base}picks:warehouses"
+
+    @property
     def pick_seq(self) -> str:
         """One counter orders every pick change (opened or completed) of every warehouse."""
         return f"{self.base}picks:seq"

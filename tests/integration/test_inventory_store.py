@@ -286,10 +286,16 @@ async def test_racing_sweepers_release_each_overdue_hold_exactly_once(
     for sku in ("crab", "peach"):
         await store.remove_from_outbox(sku, [r.order_id for r in await store.read_outbox(sku)])
     assert await sweepers[0].sweep_once(due + 10_000) == 20
+    # Expiries of this very sweep are not a backlog: the publisher was just woken for them.
+    assert registry.get_sample_value("lc_inventory_expiry_backlog") == 0
+    # Still unpublished one sweep later: that is (LcExpiryBacklog alerts on it).
+    assert await sweepers[1].sweep_once(due + 10_000) == 0
+    assert registry.get_sample_value("lc_inventory_expiry_backlog") == 20
     assert len(await store.skus_with_holds()) == 2  # 20 expiries still to publish
     for sku in ("crab", "peach"):
         await store.remove_from_outbox(sku, [r.order_id for r in await store.read_outbox(sku)])
     assert await sweepers[1].sweep_once(due + 10_000) == 0
+    assert registry.get_sample_value("lc_inventory_expiry_backlog") == 0
     assert await store.skus_with_holds() == []
 
 

@@ -35,6 +35,7 @@ SETTINGS_PY = ROOT / "services" / "common" / "settings.py"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "deploy" / "compose" / "compose.yaml"
+OBSERVABILITY = ROOT / "deploy" / "observability"
 K8S = ROOT / "deploy" / "k8s"
 
 # python module -> (name in compose, Kubernetes and the Dockerfile target, port)
@@ -143,7 +144,12 @@ def compose() -> dict[str, Any]:
 
 
 def test_every_yaml_file_parses() -> None:
-    files = [COMPOSE, K8S / "kustomization.yaml", *k8s_files()]
+    files = [
+        COMPOSE,
+        K8S / "kustomization.yaml",
+        *k8s_files(),
+        *sorted(OBSERVABILITY.rglob("*.yml")),
+    ]
     assert len(files) >= 8
     for path in files:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -506,6 +512,72 @@ def test_compose_services_build_from_the_dockerfile_and_start_with_valid_setting
         assert test[0] == "CMD"
         assert run_python_probe(test[1:], env) == [f"http://127.0.0.1:{port}/readyz"]
         assert service.get("user") in (None, "10001", "10001:10001")
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host path of a compose service's bind mounts (`:ro` kept apart)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        if source.startswith((".", "/")):
+            assert mode == ["ro"], f"{volume}: configuration is mounted read-only"
+            mounts[target] = (COMPOSE.parent / source).resolve()
+    return mounts
+
+
+def test_compose_prometheus_scrapes_every_service_where_compose_runs_it() -> None:
+    data = compose()
+    prometheus = data["services"]["prometheus"]
+    mounts = _mounts(prometheus)
+    assert mounts["/etc/prometheus"] == OBSERVABILITY / "prometheus"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert prometheus["ports"] == ["127.0.0.1:9090:9090"]
+    config = yaml.safe_load((OBSERVABILITY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {
+        job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+        for job in config["scrape_configs"]
+    }
+    for module, (name, port) in SERVICES.items():
+        # The compose service's name and the port its settings listen on.
+        env = compose_service_env(name, {"LC_JWT_SECRET": GOOD_SECRET})
+        assert Settings.from_env(module, env).http_port == port
+        assert jobs[module] == [f"{name}:{port}"], module
+    exporter = data["services"]["redis-exporter"]
+    assert exporter["image"].startswith("oliver006/redis_exporter:")
+    assert exporter["environment"]["REDIS_ADDR"] == "redis://redis:6379"
+    assert exporter["depends_on"]["redis"] == {"condition": "service_healthy"}
+    # redis_exporter listens on 9121 by default.
+    assert jobs["redis"] == ["redis-exporter:9121"]
+    assert set(jobs) == {*SERVICES, "redis", "prometheus"}
+
+
+def test_compose_grafana_is_provisioned_with_the_datasource_and_the_dashboards() -> None:
+    data = compose()
+    grafana = data["services"]["grafana"]
+    mounts = _mounts(grafana)
+    assert mounts["/etc/grafana/provisioning"] == OBSERVABILITY / "grafana" / "provisioning"
+    provisioning = OBSERVABILITY / "grafana" / "provisioning"
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "livecommerce.yml").read_text())[
+        "providers"
+    ]
+    dashboards_dir = provider["options"]["path"]
+    assert mounts[dashboards_dir] == OBSERVABILITY / "grafana" / "dashboards"
+    assert list(mounts[dashboards_dir].glob("*.json"))
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert Path(home).parent == Path(dashboards_dir)
+    assert (mounts[dashboards_dir] / Path(home).name).is_file()
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    # The datasource reaches Prometheus by its compose service name and container port.
+    assert source["url"] == "http://prometheus:9090"
+    assert grafana["depends_on"]["prometheus"] == {"condition": "service_healthy"}
+    assert grafana["ports"] == ["127.0.0.1:3000:3000"]
+    # The admin password can be set; nothing here defaults it to a secret.
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD"
+    )
+    assert {"prometheus-data", "grafana-data"} <= set(data["volumes"])
 
 
 # ----------------------------------------------------------------------- Kubernetes
