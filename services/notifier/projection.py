@@ -358,7 +358,9 @@ def check_pavilion(pavilion: str) -> str:
 def pavilion_statuses(status: str | None) -> frozenset[str]:
     """The statuses `?status=` asks for (none: live and scheduled); ValueError says what
     is wrong."""
-    chosen = PAVILION_STATUS_FILTERS.get(status or "current")
+    if status is None:
+        return PAVILION_STATUS_FILTERS["current"]
+    chosen = PAVILION_STATUS_FILTERS.get(status)
     if chosen is None or status == "current":
         raise ValueError("status must be live, scheduled, ended or all")
     return chosen
