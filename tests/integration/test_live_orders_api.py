@@ -389,6 +389,34 @@ async def test_session_lifecycle_roles_and_session_updated_events(stack: Stack) 
     assert published[-1] == ended
 
 
+async def test_a_session_keeps_its_pavilion(stack: Stack) -> None:
+    host = uid("host")
+    status, session, _ = await call(
+        stack,
+        "POST",
+        "/v1/sessions",
+        auth("host", host),
+        {"title": "Crabs", "pavilion": "阳澄湖馆"},
+    )
+    assert status == 201 and session["pavilion"] == "阳澄湖馆"
+    sid = session["session_id"]
+    status, seen, _ = await call(stack, "GET", f"/v1/sessions/{sid}", auth("buyer", uid("b")))
+    assert status == 200 and seen["pavilion"] == "阳澄湖馆"
+    status, started, _ = await call(stack, "POST", f"/v1/sessions/{sid}/start", auth("host", host))
+    assert status == 200 and started["pavilion"] == "阳澄湖馆"
+    published = await session_events(stack, sid, "live")
+    assert [event["pavilion"] for event in published] == ["阳澄湖馆", "阳澄湖馆"]
+    status, plain, _ = await call(
+        stack, "POST", "/v1/sessions", auth("host", host), {"title": "Tea"}
+    )
+    assert status == 201 and plain["pavilion"] is None
+    for bad in ("p" * 101, "", 7):
+        status, body, headers = await call(
+            stack, "POST", "/v1/sessions", auth("host", host), {"title": "Bad", "pavilion": bad}
+        )
+        assert status == 422 and is_problem(headers, body, 422), bad
+
+
 async def test_listings_are_validated_and_shown_with_the_session(stack: Stack) -> None:
     host = uid("host")
     _, session, _ = await call(
