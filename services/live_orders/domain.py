@@ -164,6 +164,8 @@ class Session:
     ended_at: str | None
     listings: tuple[Listing, ...]
     version: int
+    # The promotion pavilion it belongs to (set at creation only; None: none).
+    pavilion: str | None = None
 
     def listing(self, sku: str) -> Listing | None:
         return next((item for item in self.listings if item.sku == sku), None)
@@ -179,6 +181,7 @@ class Session:
             created_at=self.created_at,
             started_at=self.started_at,
             ended_at=self.ended_at,
+            pavilion=self.pavilion,
         )
 
 

@@ -149,7 +149,9 @@ async def create_session(request: web.Request) -> web.Response:
         raise ProblemError(403, "Forbidden", "a host creates sessions only for themselves")
     else:
         host_id = who.sub
-    session = await _use_cases(request).sessions.create(host_id, body["title"])
+    session = await _use_cases(request).sessions.create(
+        host_id, body["title"], body.get("pavilion")
+    )
     return json_response(session.to_message(), status=201)
 
 

@@ -50,6 +50,7 @@ class SessionStore:
                 "started_at": session.started_at or "",
                 "ended_at": session.ended_at or "",
                 "version": session.version,
+                "pavilion": session.pavilion or "",
             },
         )
 
@@ -75,6 +76,7 @@ class SessionStore:
             ended_at=fields.get("ended_at") or None,
             listings=tuple(listings),
             version=int(fields.get("version", "0")),
+            pavilion=fields.get("pavilion") or None,
         )
 
     async def order_context(self, session_id: str, sku: str) -> tuple[str | None, Listing | None]:

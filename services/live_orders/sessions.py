@@ -63,7 +63,7 @@ class SessionService:
         self._topic = topic
         self._source = source
 
-    async def create(self, host_id: str, title: str) -> Session:
+    async def create(self, host_id: str, title: str, pavilion: str | None = None) -> Session:
         session = Session(
             session_id=uuid.uuid4().hex,
             host_id=host_id,
@@ -74,6 +74,7 @@ class SessionService:
             ended_at=None,
             listings=(),
             version=1,
+            pavilion=pavilion,
         )
         await self._store.create(session)
         return await self._publish(session.session_id)

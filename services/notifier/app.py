@@ -12,6 +12,7 @@ from services.common.settings import Settings
 from services.common.web_app import (
     METRICS,
     METRICS_REFRESH,
+    PUBLISHER,
     REDIS,
     SETTINGS,
     TOPICS,
@@ -21,19 +22,23 @@ from services.common.web_app import (
 from services.notifier.app_keys import (
     LEADERBOARD_FEED,
     NOTIFIER_METRICS,
+    PICK_COMPLETION,
     PICK_FEED,
     PICK_STORE,
     PROJECTION,
     SESSION_FEED,
     TICKER,
+    TRACES,
 )
 from services.notifier.handlers import EventHandlers, consumed_topics
-from services.notifier.http_api import LEADERBOARD_SIZE, setup_routes
+from services.notifier.http_api import LEADERBOARD_SIZE, leaderboard_filter, setup_routes
 from services.notifier.live_feeds import PickFeed, SnapshotFeed, Ticker
 from services.notifier.metrics import NotifierMetrics
+from services.notifier.pick_completion import PickCompletion
 from services.notifier.pick_store import PickStore
 from services.notifier.projection_store import ProjectionStore
 from services.notifier.redis_keys import NotifierKeys
+from services.notifier.trace_store import TraceStore
 
 # Outcome guards outlive the topics' retention by a day: a replay from the oldest retained
 # offset still finds them.
@@ -68,8 +73,13 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
     )
 
     async def load_leaderboard(keys_: list[str]) -> dict[str, dict[str, object]]:
-        board = await projection.leaderboard(LEADERBOARD_SIZE)
-        return {key: {"sessions": board} for key in keys_}
+        # One feed key per board: the whole one, and one per pavilion watched.
+        return {
+            key: {
+                "sessions": await projection.leaderboard(LEADERBOARD_SIZE, leaderboard_filter(key))
+            }
+            for key in keys_
+        }
 
     leaderboard_feed = SnapshotFeed(
         kind="leaderboard_ws", frame_type="leaderboard", load=load_leaderboard, metrics=metrics
@@ -78,6 +88,11 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
     ticker = Ticker(settings.push_interval_s, [session_feed, leaderboard_feed, pick_feed])
     app[PROJECTION] = projection
     app[PICK_STORE] = picks
+    completion = PickCompletion(
+        picks, app[PUBLISHER], app[TOPICS].picks, source=settings.instance_id
+    )
+    app[PICK_COMPLETION] = completion
+    app[TRACES] = TraceStore(redis, keys, picks)
     app[SESSION_FEED] = session_feed
     app[LEADERBOARD_FEED] = leaderboard_feed
     app[PICK_FEED] = pick_feed
@@ -103,10 +118,11 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
     )
     await runner.start()
     ticking = asyncio.create_task(ticker.run(), name="notifier:push")
+    sweeping = asyncio.create_task(completion.run(), name="notifier:pick-completions")
     try:
         yield
     finally:
-        await stop_tasks(ticking)
+        await stop_tasks(sweeping, ticking)
         await runner.stop()
 
 

@@ -26,13 +26,17 @@ from services.notifier.access import (
 from services.notifier.app_keys import (
     LEADERBOARD_FEED,
     NOTIFIER_METRICS,
+    PICK_COMPLETION,
     PICK_FEED,
     PICK_STORE,
     PROJECTION,
     SESSION_FEED,
+    TRACES,
 )
 from services.notifier.live_feeds import Outbox, pump
 from services.notifier.pick_queue import group_waves, parse_list_query
+from services.notifier.projection import check_pavilion, pavilion_listing, pavilion_statuses
+from services.notifier.trace import is_trace_code
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
@@ -43,6 +47,7 @@ SEND_TIMEOUT_S = 10.0
 SSE_KEEPALIVE_S = 10.0
 POLICY_VIOLATION = 1008
 LEADERBOARD_KEY = "top"
+PAVILION_BOARD_PREFIX = "pavilion:"
 LEADERBOARD_SIZE = 20
 
 Authorizer = Callable[[Principal], Awaitable[None]]
@@ -57,9 +62,13 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/picks/{pick_id}/complete", pick_complete)
     app.router.add_get("/v1/leaderboard", leaderboard)
     app.router.add_get("/v1/leaderboard/live", leaderboard_live)
+    app.router.add_get("/v1/pavilions/{pavilion}/sessions", pavilion_sessions)
+    app.router.add_get("/v1/trace/{trace_code}", trace)
+    app.router.add_get("/v1/orders/{order_id}/trace", order_trace)
     app.router.add_get("/host/{session_id}", page("host.html"))
     app.router.add_get("/warehouse/{warehouse_id}", page("warehouse.html"))
     app.router.add_get("/leaderboard", page("leaderboard.html"))
+    app.router.add_get("/trace/{trace_code}", trace_page)
     app.router.add_static("/assets/", STATIC_DIR, append_version=False)
 
 
@@ -122,16 +131,38 @@ async def picks_live(request: web.Request) -> web.StreamResponse:
 
 @open_route
 async def leaderboard_live(request: web.Request) -> web.StreamResponse:
+    """The leaderboard's frames; `?pavilion=P`: only that pavilion's sessions."""
+    key = leaderboard_key(_pavilion_query(request))
     ws, admitted = await open_live_socket(request, _anyone)
     if not admitted:
         return ws
     feed = request.app[LEADERBOARD_FEED]
-    outbox = await feed.subscribe(LEADERBOARD_KEY)
+    outbox = await feed.subscribe(key)
     try:
         await serve_socket(request, ws, outbox, kind=feed.kind, rate_limited=True)
     finally:
-        feed.unsubscribe(LEADERBOARD_KEY, outbox)
+        feed.unsubscribe(key, outbox)
     return ws
+
+
+def leaderboard_key(pavilion: str | None) -> str:
+    """The leaderboard feed's key of a board: the whole one, or one pavilion's."""
+    return LEADERBOARD_KEY if pavilion is None else PAVILION_BOARD_PREFIX + pavilion
+
+
+def leaderboard_filter(key: str) -> str | None:
+    """The pavilion a leaderboard feed key stands for (None: every session)."""
+    return key.removeprefix(PAVILION_BOARD_PREFIX) if key != LEADERBOARD_KEY else None
+
+
+def _pavilion_query(request: web.Request) -> str | None:
+    pavilion = request.query.get("pavilion")
+    if pavilion is None:
+        return None
+    try:
+        return check_pavilion(pavilion)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
 
 
 async def open_live_socket(
@@ -320,7 +351,7 @@ async def pick_complete(request: web.Request) -> web.Response:
     task = await store.get(request.match_info["pick_id"])
     if task is None or (who.role == "warehouse" and task.warehouse_id != who.warehouse_id):
         raise not_found("no such pick task")
-    done = await store.complete(task, now_rfc3339(), who.sub)
+    done = await request.app[PICK_COMPLETION].complete(task, who.sub)
     return json_response(done.listing())
 
 
@@ -335,8 +366,59 @@ async def leaderboard(request: web.Request) -> web.Response:
         raise bad_request("limit must be an integer") from None
     if not 1 <= limit <= 100:
         raise bad_request("limit must be between 1 and 100")
-    board = await request.app[PROJECTION].leaderboard(limit)
+    pavilion = _pavilion_query(request)
+    board = await request.app[PROJECTION].leaderboard(limit, pavilion)
     return json_response({"sessions": board, "at": now_rfc3339()})
+
+
+async def pavilion_sessions(request: web.Request) -> web.Response:
+    """A pavilion's live and scheduled sessions (`?status=live|scheduled|ended|all`)."""
+    principal(request)
+    try:
+        pavilion = check_pavilion(request.match_info["pavilion"])
+        statuses = pavilion_statuses(request.query.get("status"))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    sessions = await request.app[PROJECTION].pavilion_sessions(pavilion)
+    return json_response(pavilion_listing(pavilion, sessions, statuses))
+
+
+# ------------------------------------------------------------------ traceability
+
+
+def _unknown_trace() -> ProblemError:
+    # One answer for a malformed code and an unknown one: a prober learns nothing.
+    return not_found("no such trace code")
+
+
+async def trace(request: web.Request) -> web.Response:
+    """The trace behind a box label: no token (the buyer scans the label)."""
+    code = request.match_info["trace_code"]
+    found = await request.app[TRACES].by_code(code) if is_trace_code(code) else None
+    if found is None:
+        raise _unknown_trace()
+    return json_response(found, headers={"Cache-Control": "no-store"})
+
+
+async def order_trace(request: web.Request) -> web.Response:
+    """The traces of a paid order's boxes: its buyer or an admin; anyone else, and an
+    order not paid (or unknown), 404."""
+    who = principal(request)
+    order_id = request.match_info["order_id"]
+    traces = request.app[TRACES]
+    buyer = await traces.order_buyer(order_id)
+    if buyer is None or not (who.role == "admin" or (who.role == "buyer" and who.sub == buyer)):
+        raise not_found("no such order")
+    return json_response({"order_id": order_id, "traces": await traces.for_order(order_id)})
+
+
+async def trace_page(request: web.Request) -> web.StreamResponse:
+    """The trace as a phone page; an unknown or malformed code gets the 404 page."""
+    code = request.match_info["trace_code"]
+    found = await request.app[TRACES].by_code(code) if is_trace_code(code) else None
+    if found is None:
+        return _page_response("trace-unknown.html", status=404)
+    return _page_response("trace.html")
 
 
 # ------------------------------------------------------------------ pages
@@ -348,18 +430,23 @@ def page(filename: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]
 
     @open_route
     async def handler(_: web.Request) -> web.StreamResponse:
-        return web.FileResponse(
-            STATIC_DIR / filename,
-            headers={
-                "Content-Type": "text/html; charset=utf-8",
-                "Cache-Control": "no-store",
-                "Referrer-Policy": "no-referrer",
-                "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": (
-                    "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-                    "base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
-                ),
-            },
-        )
+        return _page_response(filename)
 
     return handler
+
+
+def _page_response(filename: str, status: int = 200) -> web.FileResponse:
+    return web.FileResponse(
+        STATIC_DIR / filename,
+        status=status,
+        headers={
+            "Content-Type": "text/html; charset=utf-8",
+            "Cache-Control": "no-store",
+            "Referrer-Policy": "no-referrer",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": (
+                "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                "base-uri 'none'; frame-ancestors 'none'; form-action 'none'"
+            ),
+        },
+    )

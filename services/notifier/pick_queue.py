@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from services.common.messages import PickCompleted
+
 PickStatus = Literal["open", "done"]
 PICK_STATUSES: frozenset[str] = frozenset({"open", "done"})
 DEFAULT_LIST_LIMIT = 500
@@ -36,6 +38,8 @@ class PickTask:
     seq: int
     completed_at: str | None = None
     completed_by: str | None = None
+    # The code on the box label (DESIGN 4.6); None for tasks from before traceability.
+    trace_code: str | None = None
 
     @classmethod
     def from_document(
@@ -61,6 +65,7 @@ class PickTask:
             seq=seq,
             completed_at=completed_at,
             completed_by=completed_by,
+            trace_code=doc.get("trace_code"),
         )
 
     @property
@@ -76,6 +81,7 @@ class PickTask:
             "quantity": self.quantity,
             "lot_code": self.lot_code,
             "created_at": self.created_at,
+            "trace_code": self.trace_code,
             # Additive, optional fields beside the contract's.
             "expires_on": self.expires_on,
             "session_id": self.session_id,
@@ -94,6 +100,22 @@ class PickTask:
             "completed_at": self.completed_at,
             "completed_by": self.completed_by,
         }
+
+    def completion(self) -> PickCompleted | None:
+        """The pick.completed of a done task (None while it is open)."""
+        if self.status != "done" or self.completed_at is None:
+            return None
+        return PickCompleted(
+            pick_id=self.pick_id,
+            order_id=self.order_id,
+            sku=self.sku,
+            warehouse_id=self.warehouse_id,
+            lot_code=self.lot_code,
+            quantity=self.quantity,
+            trace_code=self.trace_code,
+            completed_at=self.completed_at,
+            completed_by=self.completed_by or "",
+        )
 
 
 @dataclass(frozen=True, slots=True)

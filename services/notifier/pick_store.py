@@ -53,6 +53,8 @@ class PickStore:
                 pick.pick_id,
                 pick.warehouse_id,
                 orjson.dumps(pick).decode(),
+                key_index(self._keys.order_picks(pick.order_id)),
+                key_index(self._keys.trace(pick.trace_code)) if pick.trace_code else 0,
             ]
             for offset, pick in picks
         ]
@@ -76,11 +78,14 @@ class PickStore:
         return {w: int(n) for w, n in zip(warehouses, counts, strict=True)}
 
     async def get(self, pick_id: str) -> PickTask | None:
-        tasks = await self._load([pick_id])
+        tasks = await self.load([pick_id])
         return tasks[0] if tasks else None
 
-    async def complete(self, task: PickTask, completed_at: str, completed_by: str) -> PickTask:
-        """Mark the task done (once: a second call keeps the first time and author)."""
+    async def complete(
+        self, task: PickTask, completed_at: str, completed_by: str, now_ms: int
+    ) -> PickTask:
+        """Mark the task done (once: a second call keeps the first time and author). The
+        first completion also enters the completions outbox, in the same step."""
         await self._complete_pick(
             self._redis,
             [
@@ -88,12 +93,31 @@ class PickStore:
                 self._keys.picks_open(task.warehouse_id),
                 self._keys.picks_done(task.warehouse_id),
                 self._keys.pick_seq,
+                self._keys.completions_outbox,
             ],
-            [task.pick_id, completed_at, completed_by],
+            [task.pick_id, completed_at, completed_by, now_ms],
         )
         done = await self.get(task.pick_id)
         assert done is not None  # tasks are never deleted
         return done
+
+    async def completion_pending(self, pick_id: str) -> bool:
+        """Whether the task's pick.completed still waits for the broker's acknowledgement."""
+        return await self._redis.zscore(self._keys.completions_outbox, pick_id) is not None
+
+    async def completions_pending(self, completed_before_ms: int, limit: int) -> list[PickTask]:
+        """Done tasks whose pick.completed has waited since before `completed_before_ms`."""
+        members = cast(
+            list[bytes],
+            await self._redis.zrangebyscore(
+                self._keys.completions_outbox, "-inf", completed_before_ms, start=0, num=limit
+            ),
+        )
+        return await self.load([member.decode() for member in members])
+
+    async def completion_published(self, pick_ids: Sequence[str]) -> None:
+        if pick_ids:
+            await self._redis.zrem(self._keys.completions_outbox, *pick_ids)
 
     async def page(
         self, warehouse_id: str, status: PickStatus, after: int, limit: int
@@ -112,7 +136,7 @@ class PickStore:
         )
         more = len(members) > limit
         members = members[:limit]
-        tasks = await self._load([member.decode() for member, _ in members])
+        tasks = await self.load([member.decode() for member, _ in members])
         next_cursor = int(members[-1][1]) if more and members else None
         return tasks, next_cursor
 
@@ -127,7 +151,7 @@ class PickStore:
                 self._keys.picks_open(warehouse_id), "-inf", "+inf" if upto is None else upto
             )
             seq_raw, members = await pipe.execute()
-        return int(seq_raw or 0), await self._load([m.decode() for m in members])
+        return int(seq_raw or 0), await self.load([m.decode() for m in members])
 
     async def changes(self, warehouse_id: str, after: int) -> tuple[int, list[PickTask], list[str]]:
         """(sequence now, tasks opened and still open, pick_ids completed) since `after`."""
@@ -137,10 +161,11 @@ class PickStore:
             pipe.zrangebyscore(self._keys.picks_done(warehouse_id), f"({after}", "+inf")
             seq_raw, opened, done = await pipe.execute()
         seq = int(seq_raw or 0)
-        tasks = await self._load([m.decode() for m in opened]) if opened else []
+        tasks = await self.load([m.decode() for m in opened]) if opened else []
         return seq, tasks, [m.decode() for m in done]
 
-    async def _load(self, pick_ids: Sequence[str]) -> list[PickTask]:
+    async def load(self, pick_ids: Sequence[str]) -> list[PickTask]:
+        """The tasks of these ids that exist, in the same order."""
         if not pick_ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:

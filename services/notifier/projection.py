@@ -9,13 +9,14 @@ redelivers it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from services.common.messages import (
+    LotUpdated,
     Message,
     OrderPlaced,
     OrderRejected,
@@ -28,6 +29,7 @@ from services.common.messages import (
     StockChanged,
 )
 from services.notifier.redis_keys import NotifierKeys
+from services.notifier.trace import LotRecord, lot_field
 
 # The host's counters, in the order the contract lists them (DESIGN 4.5).
 TOTAL_FIELDS: tuple[str, ...] = (
@@ -80,6 +82,14 @@ class RankAdd:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAdd:
+    """SADD key member."""
+
+    key: str
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
 class AssignIfNewer:
     """HSET key field value, unless the hash `versions` holds a version for `field` at or
     above `version`; a newer version is recorded there too.
@@ -98,7 +108,7 @@ class AssignIfNewer:
     version: int | None
 
 
-Op = Increment | Assign | RankAdd | AssignIfNewer
+Op = Increment | Assign | RankAdd | AssignIfNewer | SetAdd
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +167,8 @@ def _committed(event: ReservationCommitted, totals: str, keys: NotifierKeys) -> 
         Increment(totals, "units_sold", event.quantity),
         Increment(totals, "gmv_cents", event.total_cents),
         RankAdd(keys.leaderboard, event.session_id, event.total_cents),
+        # Who may read the paid order's trace (GET /v1/orders/{order_id}/trace).
+        Assign(keys.order_buyers, event.order_id, event.buyer_id),
     ]
 
 
@@ -212,16 +224,27 @@ def session_effect(event: SessionUpdated, offset: int, keys: NotifierKeys) -> Ev
         {"sku": item.sku, "title": item.title, "price_cents": item.price_cents}
         for item in event.listings
     ]
-    return EventEffect(
-        offset,
-        None,
-        (
-            Assign(session_key, "host_id", event.host_id),
-            Assign(session_key, "title", event.title),
-            Assign(session_key, "status", event.status),
-            Assign(session_key, "listings", _json(listings)),
-        ),
+    ops: list[Op] = [
+        Assign(session_key, "host_id", event.host_id),
+        Assign(session_key, "title", event.title),
+        Assign(session_key, "status", event.status),
+        Assign(session_key, "listings", _json(listings)),
+        Assign(session_key, "pavilion", event.pavilion or ""),
+    ]
+    if event.pavilion:
+        # A session's pavilion is set at creation and never changes: adding is enough.
+        ops.append(SetAdd(keys.pavilion(event.pavilion), event.session_id))
+    return EventEffect(offset, None, tuple(ops))
+
+
+def lot_effect(event: LotUpdated, offset: int, keys: NotifierKeys) -> EventEffect:
+    """A lot as its journal left it: kept unless a newer journal_seq of it was stored
+    (inventory processes may publish the versions of a lot out of order)."""
+    field = lot_field(event.sku, event.lot_code)
+    assign = AssignIfNewer(
+        keys.lots, field, LotRecord.of(event).to_json(), keys.lot_versions, event.journal_seq
     )
+    return EventEffect(offset, None, (assign,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +260,7 @@ EFFECTS: dict[type[Message], Callable[[Any, int, NotifierKeys], EventEffect]] = 
     **{order_event: order_effect for order_event in ORDER_EFFECTS},
     StockChanged: stock_effect,
     SessionUpdated: session_effect,
+    LotUpdated: lot_effect,
 }
 
 
@@ -260,6 +284,7 @@ class SessionInfo:
     title: str
     status: str
     listings: tuple[Mapping[str, Any], ...]
+    pavilion: str | None = None
 
     @property
     def skus(self) -> list[str]:
@@ -306,5 +331,59 @@ def session_payload(
                 "received": received.get(str(listing["sku"])),
             }
             for listing in session.listings
+        ],
+    }
+
+
+# The statuses `GET /v1/pavilions/{pavilion}/sessions?status=...` lists: by default the
+# sessions a viewer can still join; ended ones only when asked for.
+PAVILION_STATUS_FILTERS: Mapping[str, frozenset[str]] = {
+    "current": frozenset({"live", "scheduled"}),
+    "live": frozenset({"live"}),
+    "scheduled": frozenset({"scheduled"}),
+    "ended": frozenset({"ended"}),
+    "all": frozenset({"live", "scheduled", "ended"}),
+}
+MAX_PAVILION_LENGTH = 100
+_STATUS_ORDER = {"live": 0, "scheduled": 1, "ended": 2}
+
+
+def check_pavilion(pavilion: str) -> str:
+    """A pavilion name as sessions accept it (1..100 characters); ValueError otherwise."""
+    if not 1 <= len(pavilion) <= MAX_PAVILION_LENGTH:
+        raise ValueError(f"a pavilion has 1 to {MAX_PAVILION_LENGTH} characters")
+    return pavilion
+
+
+def pavilion_statuses(status: str | None) -> frozenset[str]:
+    """The statuses `?status=` asks for (none: live and scheduled); ValueError says what
+    is wrong."""
+    if status is None:
+        return PAVILION_STATUS_FILTERS["current"]
+    chosen = PAVILION_STATUS_FILTERS.get(status)
+    if chosen is None or status == "current":
+        raise ValueError("status must be live, scheduled, ended or all")
+    return chosen
+
+
+def pavilion_listing(
+    pavilion: str, sessions: Sequence[SessionInfo], statuses: frozenset[str]
+) -> dict[str, Any]:
+    """The pavilion's sessions of the given statuses: live first, then scheduled, then
+    ended; by title within a status."""
+    chosen = sorted(
+        (s for s in sessions if s.status in statuses),
+        key=lambda s: (_STATUS_ORDER.get(s.status, 3), s.title, s.session_id),
+    )
+    return {
+        "pavilion": pavilion,
+        "sessions": [
+            {
+                "session_id": s.session_id,
+                "title": s.title,
+                "host_id": s.host_id,
+                "status": s.status,
+            }
+            for s in chosen
         ],
     }

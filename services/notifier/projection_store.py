@@ -16,8 +16,9 @@ from services.notifier.projection import (
     AssignIfNewer,
     EventEffect,
     Increment,
-    RankAdd,
+    Op,
     SessionInfo,
+    SetAdd,
     SkuStock,
     session_payload,
 )
@@ -92,23 +93,26 @@ class ProjectionStore:
             stock = {sku: stock_from_json(raw) for sku, raw in zip(skus, values, strict=True)}
         return {info.session_id: session_payload(info, totals, stock) for info, totals in sessions}
 
-    async def leaderboard(self, limit: int) -> list[dict[str, Any]]:
-        """Sessions by paid GMV, highest first."""
-        ranked = cast(
-            list[tuple[bytes, float]],
-            await self._redis.zrevrange(self._keys.leaderboard, 0, limit - 1, withscores=True),
-        )
+    async def leaderboard(self, limit: int, pavilion: str | None = None) -> list[dict[str, Any]]:
+        """Sessions by paid GMV, highest first; with `pavilion`, only that pavilion's."""
+        if pavilion is None:
+            ranked = cast(
+                list[tuple[bytes, float]],
+                await self._redis.zrevrange(self._keys.leaderboard, 0, limit - 1, withscores=True),
+            )
+        else:
+            ranked = await self._pavilion_ranked(pavilion, limit)
         if not ranked:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for member, _ in ranked:
                 session_id = member.decode()
-                pipe.hmget(self._keys.session(session_id), ["title", "host_id"])
+                pipe.hmget(self._keys.session(session_id), ["title", "host_id", "pavilion"])
                 pipe.hget(self._keys.totals(session_id), "paid_orders")
             replies = await pipe.execute()
         board = []
         for rank, (member, score) in enumerate(ranked, start=1):
-            title, host_id = replies[2 * rank - 2]
+            title, host_id, session_pavilion = replies[2 * rank - 2]
             paid = replies[2 * rank - 1]
             board.append(
                 {
@@ -118,12 +122,60 @@ class ProjectionStore:
                     "host_id": host_id.decode() if host_id else None,
                     "gmv_cents": int(score),
                     "paid_orders": int(paid or 0),
+                    "pavilion": session_pavilion.decode() if session_pavilion else None,
                 }
             )
         return board
 
+    async def _pavilion_ranked(self, pavilion: str, limit: int) -> list[tuple[bytes, float]]:
+        """The pavilion's sessions with paid GMV, ranked as ZREVRANGE ranks the whole board
+        (score, then member, both descending): read per pavilion, whose sessions are few,
+        rather than filtering the board of every session."""
+        members = cast(set[bytes], await self._redis.smembers(self._keys.pavilion(pavilion)))
+        if not members:
+            return []
+        ordered = sorted(member.decode() for member in members)
+        scores = await self._redis.zmscore(self._keys.leaderboard, ordered)
+        ranked = [
+            (member.encode(), float(score))
+            for member, score in zip(ordered, scores, strict=True)
+            if score is not None
+        ]
+        ranked.sort(key=lambda item: (item[1], item[0]), reverse=True)
+        return ranked[:limit]
 
-def _encode_op(op: Increment | Assign | RankAdd | AssignIfNewer, index: _KeyIndex) -> list[Any]:
+    async def pavilion_sessions(self, pavilion: str) -> list[SessionInfo]:
+        """Every session of a pavilion the notifier knows of."""
+        members = cast(set[bytes], await self._redis.smembers(self._keys.pavilion(pavilion)))
+        session_ids = sorted(member.decode() for member in members)
+        if not session_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.hmget(
+                    self._keys.session(session_id), ["host_id", "title", "status", "pavilion"]
+                )
+            replies = await pipe.execute()
+        sessions = []
+        for session_id, (host_id, title, status, session_pavilion) in zip(
+            session_ids, replies, strict=True
+        ):
+            if host_id is None:
+                continue
+            sessions.append(
+                SessionInfo(
+                    session_id=session_id,
+                    host_id=host_id.decode(),
+                    title=(title or b"").decode(),
+                    status=(status or b"").decode(),
+                    listings=(),
+                    pavilion=(session_pavilion or b"").decode() or None,
+                )
+            )
+        return sessions
+
+
+def _encode_op(op: Op, index: _KeyIndex) -> list[Any]:
     # Amounts travel as strings: cjson would turn large integers into floats.
     if isinstance(op, Increment):
         return ["i", index(op.key), op.field, str(op.amount)]
@@ -132,6 +184,8 @@ def _encode_op(op: Increment | Assign | RankAdd | AssignIfNewer, index: _KeyInde
     if isinstance(op, AssignIfNewer):
         version = "" if op.version is None else str(op.version)
         return ["n", index(op.key), op.field, op.value, index(op.versions), version]
+    if isinstance(op, SetAdd):
+        return ["a", index(op.key), op.member]
     return ["z", index(op.key), op.member, str(op.amount)]
 
 
@@ -148,6 +202,7 @@ def session_from_hash(session_id: str, raw: Mapping[bytes, bytes]) -> SessionInf
         title=raw.get(b"title", b"").decode(),
         status=raw.get(b"status", b"").decode(),
         listings=tuple(listings),
+        pavilion=raw.get(b"pavilion", b"").decode() or None,
     )
 
 

@@ -52,6 +52,36 @@ class NotifierKeys:
         """Sorted set session_id -> paid GMV in cents."""
         return f"{self.base}leaderboard"
 
+    def pavilion(self, pavilion: str) -> str:
+        """Set of the session_ids of a pavilion (a session's pavilion never changes)."""
+        return f"{self.base}pavilion:{pavilion}"
+
+    # -- trace read model (DESIGN 4.6)
+    @property
+    def lots(self) -> str:
+        """Hash lot field (JSON [sku, lot_code]) -> JSON of the newest lot.updated's
+        fields (trace.LotRecord)."""
+        return f"{self.base}lots"
+
+    @property
+    def lot_versions(self) -> str:
+        """Hash lot field -> journal_seq of the lot stored in `lots` (newer wins)."""
+        return f"{self.base}lot-versions"
+
+    @property
+    def order_buyers(self) -> str:
+        """Hash order_id -> buyer_id of every paid order (reservation.committed): who may
+        read the order's trace."""
+        return f"{self.base}order-buyers"
+
+    def order_picks(self, order_id: str) -> str:
+        """Set of the pick_ids of one order."""
+        return f"{self.base}order-picks:{order_id}"
+
+    def trace(self, trace_code: str) -> str:
+        """String: the pick_id whose box label carries `trace_code`."""
+        return f"{self.base}trace:{trace_code}"
+
     # -- pick queue
     def pick(self, pick_id: str) -> str:
         return f"{self.base}pick:{pick_id}"
@@ -68,6 +98,12 @@ class NotifierKeys:
     def pick_warehouses(self) -> str:
         """Set of every warehouse_id that ever had a pick (read by the metrics)."""
         return f"{self.base}picks:warehouses"
+
+    @property
+    def completions_outbox(self) -> str:
+        """Sorted set pick_id -> ms of its completion, while its pick.completed is not
+        acknowledged by the broker (pick_completion.PickCompletion)."""
+        return f"{self.base}picks:completed-outbox"
 
     @property
     def pick_seq(self) -> str:

@@ -16,7 +16,7 @@ from playwright.async_api import Browser, async_playwright, expect
 from services.common.kafka_topics import Topics
 from services.notifier.app import create_app
 from tests.conftest import auth, token
-from tests.events import data_of
+from tests.events import data_of, event
 from tests.integration.test_notifier_support import (
     Item,
     Sale,
@@ -201,3 +201,105 @@ async def test_pick_console_completes_a_pick(
     await expect(page.locator(".pick")).to_have_count(7)
     await expect(page.locator(f'.pick[data-pick-id="{target}"]')).to_have_count(0)
     await context.close()
+
+
+async def test_trace_page_on_a_phone_and_the_label_code_on_the_pick_console(
+    make_settings: Callable[..., Any],
+    run_app: Callable[..., Any],
+    http: aiohttp.ClientSession,
+    browser: Browser,
+) -> None:
+    settings = make_settings("notifier")
+    running = await run_app(create_app, settings)
+    topics = Topics.with_prefix(settings.topic_prefix)
+    sale = Sale(
+        topics,
+        "s-trace",
+        "host-1",
+        {"crab-gold-001": 10},
+        warehouse_id="wh-hz",
+        pavilion="阳澄湖馆",
+    )
+    code = "Hz7Q2mLx9PdR4tWk8vNa"
+    items: list[Item] = sale.session_updated() + sale.attempt("crab-gold-001", quantity=2)
+    buyer = sale.holds[0].buyer
+    items += sale.settle("committed", trace_code=code)
+    lot = {
+        "sku": "crab-gold-001",
+        "lot_code": "LOT-001-A",
+        "warehouse_id": "wh-hz",
+        "quantity": 60,
+        "allocated": 2,
+        "expires_on": "2030-11-30",
+        "origin": "江苏苏州阳澄湖",
+        "producer": "阳澄湖蟹业合作社",
+        "harvested_on": "2030-10-20",
+        "inspection": "CNAS L1234 合格",
+        "journal_seq": 2,
+        "journal_head": "ab" * 32,
+    }
+    items.append((topics.inventory, "crab-gold-001", event("lot.updated", lot)))
+    async with publisher(settings) as pub:
+        await pub.publish_many(items)
+
+    async def known() -> bool:
+        async with http.get(f"{running.url}/v1/trace/{code}") as r:
+            return r.status == 200 and (await r.json())["lot"]["origin"] is not None
+
+    await eventually(known, what="the trace with its lot")
+
+    phone = await browser.new_context(
+        viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True
+    )
+    page = await phone.new_page()
+    await page.goto(f"{running.url}/trace/{code}")
+    await expect(page.locator("#sku")).to_have_text("crab-gold-001")
+    await expect(page.locator('[data-field="lot.origin"]')).to_have_text("江苏苏州阳澄湖")
+    await expect(page.locator('[data-field="lot.producer"]')).to_have_text("阳澄湖蟹业合作社")
+    await expect(page.locator('[data-field="lot.harvested_on"]')).to_have_text("2030-10-20")
+    await expect(page.locator('[data-field="lot.expires_on"]')).to_have_text("2030-11-30")
+    await expect(page.locator('[data-field="session.pavilion"]')).to_have_text("阳澄湖馆")
+    await expect(page.locator('[data-field="picked_at"]')).to_have_class("unknown")
+    for label in (
+        "产地",
+        "Origin",
+        "生产者",
+        "采收日期",
+        "检验",
+        "保质期至",
+        "付款时间",
+        "拣货时间",
+    ):
+        await expect(page.locator("main")).to_contain_text(label)
+    await expect(page.locator("#code")).to_have_text(code)
+    body = await page.locator("body").inner_text()
+    assert buyer not in body and sale.picks[0]["order_id"] not in body
+    overflow = await page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, "the trace page is wider than the phone"
+    await page.screenshot(path=str(ARTIFACTS / "trace-page.png"), full_page=True)
+    missing = await page.goto(f"{running.url}/trace/NoSuchCode0000000000")
+    assert missing is not None and missing.status == 404
+    await expect(page.locator("h1")).to_contain_text("未找到")
+    await phone.close()
+
+    # The pick console shows the code printed on the box label.
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    console = await context.new_page()
+    await console.goto(
+        f"{running.url}/warehouse/wh-hz#token={token('warehouse', 'staff-1', 'wh-hz')}"
+    )
+    row = console.locator(f'.pick[data-pick-id="{sale.picks[0]["pick_id"]}"]')
+    await expect(row.locator(".pick-trace")).to_have_text(code)
+    await expect(row.locator(".pick-label")).to_be_visible()
+    await console.screenshot(path=str(ARTIFACTS / "warehouse-console-trace.png"))
+    await row.locator(".complete").click()
+    await expect(row).to_have_count(0)
+    await context.close()
+
+    async def picked() -> bool:
+        async with http.get(f"{running.url}/v1/trace/{code}") as r:
+            return (await r.json())["picked_at"] is not None
+
+    await eventually(picked, what="picked_at after completing on the console")

@@ -60,8 +60,10 @@ class Sale:
         *,
         price_cents: int = 1999,
         warehouse_id: str = "wh-1",
+        pavilion: str | None = None,
     ) -> None:
         self.topics = topics
+        self.pavilion = pavilion
         self.session_id = session_id
         self.host_id = host_id
         self.price_cents = price_cents
@@ -96,6 +98,8 @@ class Sale:
             ],
             "created_at": now_rfc3339(),
         }
+        if self.pavilion is not None:
+            data["pavilion"] = self.pavilion
         return [(self.topics.sessions, self.session_id, self._envelope("session.updated", data))]
 
     def stock_changed(self, sku: str) -> Item:
@@ -172,8 +176,9 @@ class Sale:
         items.append(self.stock_changed(sku))
         return items
 
-    def settle(self, outcome: str) -> list[Item]:
-        """The oldest open hold is paid ('committed'), 'released' or 'expired'."""
+    def settle(self, outcome: str, *, trace_code: str | None = None) -> list[Item]:
+        """The oldest open hold is paid ('committed'), 'released' or 'expired'; a paid
+        one's pick task carries `trace_code` if given."""
         hold = self.holds.pop(0)
         base = {
             "order_id": hold.order_id,
@@ -206,7 +211,11 @@ class Sale:
                     self._envelope("reservation.committed", data, hold.order_id),
                 )
             )
-            items.append(self.pick_requested(hold.order_id, hold.sku, lot, hold.quantity))
+            items.append(
+                self.pick_requested(
+                    hold.order_id, hold.sku, lot, hold.quantity, trace_code=trace_code
+                )
+            )
         else:
             self.available[hold.sku] += hold.quantity
             counter = "cancelled_orders" if outcome == "released" else "expired_orders"
@@ -230,6 +239,7 @@ class Sale:
         *,
         warehouse_id: str | None = None,
         expires_on: str | None = "2030-01-15",
+        trace_code: str | None = None,
     ) -> Item:
         warehouse = warehouse_id or self.warehouse_id
         data = {
@@ -243,6 +253,8 @@ class Sale:
             "expires_on": expires_on,
             "created_at": now_rfc3339(),
         }
+        if trace_code is not None:
+            data["trace_code"] = trace_code
         self.picks.append(data)
         return (
             self.topics.picks,

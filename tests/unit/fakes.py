@@ -40,18 +40,22 @@ from services.inventory.domain import (
     fefo_key,
 )
 from services.live_orders.domain import (
+    AddListingOutcome,
     IntentResult,
     Listing,
+    MoveResult,
     Order,
     OrderContext,
     OrderStatus,
     Placement,
+    Session,
     TransitionRequest,
     TransitionResult,
 )
 from services.live_orders.order_events import creation_event
 from services.live_orders.order_waiters import OrderUpdate
 from services.live_orders.redis_keys import new_order_id
+from services.notifier.pick_queue import PickTask
 from services.notifier.projection import Applied, EventEffect
 
 M = TypeVar("M", bound=Message)
@@ -274,6 +278,36 @@ class FakeOutbox:
 
     def publish_soon(self, order: Order) -> None:
         self.soon.append(order)
+
+
+class FakeSessionRecords:
+    """SessionRecords of SessionStore, as far as creating and reading go (moves and
+    listings are the integration tests' business)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, Session] = {}
+        self.announced: list[str] = []
+
+    async def create(self, session: Session) -> None:
+        self.sessions[session.session_id] = session
+
+    async def get(self, session_id: str) -> Session | None:
+        return self.sessions.get(session_id)
+
+    async def version(self, session_id: str) -> int:
+        session = self.sessions.get(session_id)
+        return session.version if session else 0
+
+    async def move(
+        self, session_id: str, *, target: str, required: str, time_field: str, now: str
+    ) -> MoveResult:
+        raise NotImplementedError
+
+    async def add_listing(self, session_id: str, listing: Listing) -> AddListingOutcome:
+        raise NotImplementedError
+
+    async def announce_change(self, session_id: str) -> None:
+        self.announced.append(session_id)
 
 
 class FakeSoldOut:
@@ -539,6 +573,38 @@ class FakePickQueue:
             last = max(last, offset)
         self.offsets[topic_partition] = last
         return opened, skipped
+
+
+class FakeCompletionRecords:
+    """CompletionRecords of PickStore after complete_pick.lua: the first completion keeps
+    its time and author and enters the outbox (scored by `now_ms`); the outbox keeps a
+    task until `completion_published`."""
+
+    def __init__(self, *tasks: PickTask) -> None:
+        self.tasks: dict[str, PickTask] = {task.pick_id: task for task in tasks}
+        self.outbox: dict[str, int] = {}
+
+    async def complete(
+        self, task: PickTask, completed_at: str, completed_by: str, now_ms: int
+    ) -> PickTask:
+        stored = self.tasks[task.pick_id]
+        if stored.status == "open":
+            stored = self.tasks[task.pick_id] = dataclasses.replace(
+                stored, status="done", completed_at=completed_at, completed_by=completed_by
+            )
+            self.outbox[task.pick_id] = now_ms
+        return stored
+
+    async def completion_pending(self, pick_id: str) -> bool:
+        return pick_id in self.outbox
+
+    async def completions_pending(self, completed_before_ms: int, limit: int) -> list[PickTask]:
+        due = sorted((ms, pick_id) for pick_id, ms in self.outbox.items())
+        return [self.tasks[pick_id] for ms, pick_id in due if ms <= completed_before_ms][:limit]
+
+    async def completion_published(self, pick_ids: Sequence[str]) -> None:
+        for pick_id in pick_ids:
+            self.outbox.pop(pick_id, None)
 
 
 # ------------------------------------------------- live_orders orders and their outcomes

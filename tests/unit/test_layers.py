@@ -21,6 +21,8 @@ DOMAIN = [
     "services/inventory/domain.py",
     "services/inventory/outcome_events.py",
     "services/notifier/projection.py",
+    "services/notifier/pick_queue.py",
+    "services/notifier/trace.py",
 ]
 USE_CASES_AND_HANDLERS = [
     "services/live_orders/orders.py",
@@ -28,6 +30,7 @@ USE_CASES_AND_HANDLERS = [
     "services/live_orders/handlers.py",
     "services/inventory/handlers.py",
     "services/notifier/handlers.py",
+    "services/notifier/pick_completion.py",
 ]
 
 

@@ -11,10 +11,12 @@ from services.common.consumed import ConsumedEvent
 from services.common.messages import (
     EventDeadLettered,
     Listing,
+    LotUpdated,
     Message,
     OrderCancelled,
     OrderPaid,
     OrderPlaced,
+    PickCompleted,
     PickRequested,
     ReservationConfirmed,
     ReservationRejected,
@@ -43,6 +45,8 @@ SESSION = SessionUpdated(
 )
 PAID = OrderPaid("o1", "s1", "crab", "b1", 2, "p1", 3000)
 CANCELLED = OrderCancelled("o3", "s1", "crab", "b3", 1)
+LOT = LotUpdated("crab", "L-1", "wh-1", 10, 2, None, "Lake", None, None, None, 3, "c" * 64)
+DONE = PickCompleted("pk-1", "o1", "crab", "wh-1", "L-1", 2, None, "2030-05-01T13:00:00Z", "st")
 DEAD = EventDeadLettered("not JSON", "lc.orders", 0, 7, "lc.inventory", None, "eA==")
 
 
@@ -134,3 +138,16 @@ async def test_a_redelivered_batch_is_counted_as_skipped(notifier: Notifier) -> 
 
     assert notifier.metric("lc_notifier_events_applied_total", "lc.inventory") == 3
     assert notifier.metric("lc_notifier_events_skipped_total", "lc.inventory") == 3
+
+
+async def test_lot_updates_reach_the_projection_and_completions_are_passed_over(
+    notifier: Notifier,
+) -> None:
+    events = batch("lc.inventory", 0, LOT, DONE)
+
+    await notifier.handlers(events)
+
+    assert notifier.projection.calls == [("lc.inventory:0", [effect_of(LOT, 0, KEYS)])]
+    assert notifier.picks.calls == []
+    assert LotUpdated in notifier.handlers.handles
+    assert PickCompleted not in notifier.handlers.handles

@@ -13,15 +13,22 @@ from services.notifier.access import check_origin
 from services.notifier.pick_queue import PickTask, group_waves, parse_list_query
 from services.notifier.projection import (
     TOTAL_FIELDS,
+    Assign,
     AssignIfNewer,
     EventEffect,
     Increment,
     RankAdd,
+    SessionInfo,
+    SetAdd,
+    check_pavilion,
     effect_of,
+    pavilion_listing,
+    pavilion_statuses,
     session_payload,
 )
 from services.notifier.projection_store import session_from_hash, stock_from_json
 from services.notifier.redis_keys import NotifierKeys
+from services.notifier.trace import LotRecord, lot_field
 
 KEYS = NotifierKeys("lc:")
 BASE = {"order_id": "o1", "session_id": "s1", "sku": "crab", "buyer_id": "b1", "quantity": 2}
@@ -212,3 +219,91 @@ def test_origin_allow_list(origin: str | None, allowed: tuple[str, ...], ok: boo
         with pytest.raises(ProblemError) as refused:
             check_origin(request, allowed)
         assert refused.value.status == 403
+
+
+SESSION = {
+    "session_id": "s1",
+    "host_id": "h1",
+    "title": "Crab night",
+    "status": "live",
+    "listings": [],
+    "created_at": "2030-01-01T00:00:00Z",
+}
+
+
+def test_a_session_keeps_its_pavilion_and_joins_the_pavilion_index() -> None:
+    with_pavilion = effect("session.updated", {**SESSION, "pavilion": "阳澄湖馆"}, 3)
+    assert Assign(KEYS.session("s1"), "pavilion", "阳澄湖馆") in with_pavilion.ops
+    assert SetAdd(KEYS.pavilion("阳澄湖馆"), "s1") in with_pavilion.ops
+    assert with_pavilion.guard is None
+
+    # An event from before pavilions (no field) or with null: no pavilion, no index.
+    for data in (SESSION, {**SESSION, "pavilion": None}):
+        none = effect("session.updated", data, 4)
+        assert Assign(KEYS.session("s1"), "pavilion", "") in none.ops
+        assert not any(isinstance(op, SetAdd) for op in none.ops)
+
+
+def test_a_commit_records_the_buyer_who_may_read_the_order_trace() -> None:
+    commit = effect(
+        "reservation.committed",
+        {**BASE, "total_cents": 4200, "payment_ref": "p", "allocations": []},
+        7,
+    )
+    assert Assign(KEYS.order_buyers, "o1", "b1") in commit.ops
+    # Under the order's guard: a re-published commit changes nothing twice.
+    assert commit.guard is not None and commit.guard.member == "reservation.committed:o1"
+
+
+LOT = {
+    "sku": "crab",
+    "lot_code": "L-1",
+    "warehouse_id": "wh-1",
+    "quantity": 10,
+    "allocated": 2,
+    "expires_on": "2030-02-01",
+    "origin": "Yangcheng Lake",
+    "producer": "Coop 7",
+    "harvested_on": "2030-01-20",
+    "inspection": "CNAS-123",
+    "journal_seq": 5,
+    "journal_head": "a" * 64,
+}
+
+
+def test_a_lot_update_is_kept_only_if_its_journal_is_newer() -> None:
+    lot = effect("lot.updated", LOT, 11)
+    assert lot.guard is None
+    ((op,),) = (lot.ops,)
+    assert op == AssignIfNewer(KEYS.lots, lot_field("crab", "L-1"), op.value, KEYS.lot_versions, 5)
+    stored = LotRecord.from_json(op.value)
+    assert stored.origin == "Yangcheng Lake" and stored.journal_head == "a" * 64
+    assert stored.journal_seq == 5 and stored.warehouse_id == "wh-1"
+    # Lot fields cannot collide whatever sku and lot code contain.
+    assert lot_field("a:b", "c") != lot_field("a", "b:c")
+
+
+def test_pavilion_listing_filters_by_status_and_orders_live_first() -> None:
+    def info(session_id: str, title: str, status: str) -> SessionInfo:
+        return SessionInfo(session_id, "h", title, status, (), "P")
+
+    sessions = [info("s1", "b", "ended"), info("s2", "z", "scheduled"), info("s3", "a", "live")]
+    default = pavilion_listing("P", sessions, pavilion_statuses(None))
+    assert default == {
+        "pavilion": "P",
+        "sessions": [
+            {"session_id": "s3", "title": "a", "host_id": "h", "status": "live"},
+            {"session_id": "s2", "title": "z", "host_id": "h", "status": "scheduled"},
+        ],
+    }
+    ended = pavilion_listing("P", sessions, pavilion_statuses("ended"))["sessions"]
+    assert [s["session_id"] for s in ended] == ["s1"]
+    every = pavilion_listing("P", sessions, pavilion_statuses("all"))["sessions"]
+    assert [s["session_id"] for s in every] == ["s3", "s2", "s1"]
+    for bad in ("current", "open", ""):
+        with pytest.raises(ValueError):
+            pavilion_statuses(bad)
+    assert check_pavilion("x" * 100) == "x" * 100
+    for bad in ("", "x" * 101):
+        with pytest.raises(ValueError):
+            check_pavilion(bad)

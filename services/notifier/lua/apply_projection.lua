@@ -9,6 +9,7 @@
 --           op = ["i", key_index, field, amount]   HINCRBY
 --              | ["s", key_index, field, value]    HSET
 --              | ["z", key_index, member, amount]  ZINCRBY
+--              | ["a", key_index, member]          SADD
 --              | ["n", key_index, field, value, versions_key_index, version]
 --                HSET only if newer: `version` ("" for none) is compared with the one
 --                recorded for `field` in the versions hash (see projection.AssignIfNewer)
@@ -49,6 +50,8 @@ for _, entry in ipairs(entries) do
         redis.call('HSET', key, op[3], op[4])
       elseif op[1] == 'z' then
         redis.call('ZINCRBY', key, op[4], op[3])
+      elseif op[1] == 'a' then
+        redis.call('SADD', key, op[3])
       elseif op[1] == 'n' then
         -- A snapshot applies if newer than the stored one. Without a version (an event
         -- from an older publisher) it applies only while no versioned one was stored;

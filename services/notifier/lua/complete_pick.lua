@@ -4,10 +4,15 @@
 -- KEYS[2]  zset  the warehouse's open picks
 -- KEYS[3]  zset  the warehouse's done picks
 -- KEYS[4]  string  the pick sequence
+-- KEYS[5]  zset  completions whose pick.completed is not yet acknowledged (the outbox)
 -- ARGV[1]  pick_id
 -- ARGV[2]  completed_at (RFC 3339)
 -- ARGV[3]  who completed it (token sub)
+-- ARGV[4]  now, epoch ms (the outbox score: the sweep republishes what waits too long)
 --
+-- The first completion enters the outbox in the same step as the task's status, so its
+-- pick.completed is published even if this process dies right after (the sweep of any
+-- notifier process sends it).
 -- Returns {status, completed_at, completed_by}: 'done' with the first completion's time
 -- and author, or {'missing'} when no such pick exists.
 
@@ -20,6 +25,7 @@ if redis.call('HGET', KEYS[1], 'status') == 'open' then
     'done_seq', seq)
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('ZADD', KEYS[3], seq, ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
 end
 local done = redis.call('HMGET', KEYS[1], 'completed_at', 'completed_by')
 return {'done', done[1], done[2]}

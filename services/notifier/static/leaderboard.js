@@ -4,6 +4,8 @@
 const money = new Intl.NumberFormat("zh-CN", { style: "currency", currency: "CNY" });
 const board = document.getElementById("board");
 const token = readToken();
+// `/leaderboard?pavilion=P`: the contest of one pavilion.
+const pavilion = new URLSearchParams(location.search).get("pavilion");
 
 function render(frame) {
   board.replaceChildren(...frame.sessions.map((entry) => {
@@ -11,7 +13,7 @@ function render(frame) {
     const rank = Object.assign(document.createElement("span"), { className: "rank", textContent: entry.rank });
     const who = document.createElement("div");
     who.append(Object.assign(document.createElement("div"), { className: "title", textContent: entry.title || entry.session_id }));
-    who.append(Object.assign(document.createElement("div"), { className: "muted", textContent: `${entry.host_id || ""} · ${entry.paid_orders} paid orders` }));
+    who.append(Object.assign(document.createElement("div"), { className: "muted", textContent: [entry.host_id, entry.pavilion, `${entry.paid_orders} paid orders`].filter(Boolean).join(" · ") }));
     const gmv = Object.assign(document.createElement("span"), { className: "gmv", textContent: money.format(entry.gmv_cents / 100) });
     item.append(rank, who, gmv);
     return item;
@@ -23,7 +25,8 @@ if (!token) {
   notice.hidden = false;
   notice.textContent = "Open this page with #token=<token> at the end of its address.";
 } else {
-  liveSocket("/v1/leaderboard/live", {
+  if (pavilion) document.querySelector("header.bar h1").textContent = `Contest · ${pavilion} · paid GMV`;
+  liveSocket(pavilion ? `/v1/leaderboard/live?pavilion=${encodeURIComponent(pavilion)}` : "/v1/leaderboard/live", {
     token,
     onFrame: (frame) => frame.type === "leaderboard" && render(frame),
     onState: (up) => setConnected(document.getElementById("conn"), up),

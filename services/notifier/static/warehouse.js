@@ -52,6 +52,11 @@ function renderWave(wave) {
     row.dataset.pickId = pick.pick_id;
     row.querySelector(".pick-qty").textContent = pick.quantity;
     row.querySelector(".pick-order").textContent = pick.order_id;
+    // What goes on the box label: the code a buyer scans for the trace (tasks from before
+    // traceability have none).
+    row.dataset.traceCode = pick.trace_code || "";
+    row.querySelector(".pick-label").hidden = !pick.trace_code;
+    row.querySelector(".pick-trace").textContent = pick.trace_code || "";
     row.querySelector(".pick-time").textContent = new Date(pick.created_at).toLocaleTimeString();
     row.querySelector(".complete").addEventListener("click", (e) => complete(pick.pick_id, e.target));
     rows.append(row);

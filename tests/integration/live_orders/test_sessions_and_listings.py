@@ -298,3 +298,37 @@ async def test_an_ended_session_takes_no_new_listings(stack: Stack) -> None:
     )
 
     assert status == 409, body
+
+
+async def test_a_session_keeps_its_pavilion(stack: Stack) -> None:
+    host = uid("host")
+    status, session, _ = await call(
+        stack,
+        "POST",
+        "/v1/sessions",
+        auth("host", host),
+        {"title": "Crabs", "pavilion": "阳澄湖馆"},
+    )
+    assert status == 201 and session["pavilion"] == "阳澄湖馆"
+    sid = session["session_id"]
+    status, seen, _ = await call(stack, "GET", f"/v1/sessions/{sid}", auth("buyer", uid("b")))
+    assert status == 200 and seen["pavilion"] == "阳澄湖馆"
+    status, started, _ = await call(stack, "POST", f"/v1/sessions/{sid}/start", auth("host", host))
+    assert status == 200 and started["pavilion"] == "阳澄湖馆"
+    published = await session_events(stack, sid, "live")
+    assert [event["pavilion"] for event in published] == ["阳澄湖馆", "阳澄湖馆"]
+
+
+async def test_a_session_without_a_pavilion_answers_null(stack: Stack) -> None:
+    status, plain, _ = await call(
+        stack, "POST", "/v1/sessions", auth("host", uid("host")), {"title": "Tea"}
+    )
+    assert status == 201 and plain["pavilion"] is None
+
+
+@pytest.mark.parametrize("bad", ["p" * 101, "", 7], ids=["too-long", "empty", "not-a-string"])
+async def test_a_bad_pavilion_is_a_422(stack: Stack, bad: Any) -> None:
+    status, body, headers = await call(
+        stack, "POST", "/v1/sessions", auth("host", uid("host")), {"title": "Bad", "pavilion": bad}
+    )
+    assert status == 422 and is_problem(headers, body, 422), bad
