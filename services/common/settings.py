@@ -107,6 +107,15 @@ class Settings:
     # fetch, and cannot be fetched again until that fetch returns. Shorter also means more
     # polls from idle consumers (each costs the broker CPU).
     kafka_fetch_max_wait_ms: int = 50
+    # The secret trace codes are derived from (inventory); "" means LC_JWT_SECRET, under a
+    # key of its own (see inventory.domain.trace_key). Changing it changes the code of
+    # every task re-sent afterwards: set it once and keep it.
+    trace_secret: str = ""
+
+    @property
+    def trace_key_secret(self) -> str:
+        """What trace codes are keyed by: LC_TRACE_SECRET, else LC_JWT_SECRET."""
+        return self.trace_secret or self.jwt_secret
 
     @classmethod
     def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -145,6 +154,7 @@ class Settings:
             event_loop=_read(env, "LC_EVENT_LOOP", _event_loop, "uvloop"),
             kafka_linger_ms=_read(env, "LC_KAFKA_LINGER_MS", _non_negative_int, 0),
             kafka_fetch_max_wait_ms=_read(env, "LC_KAFKA_FETCH_MAX_WAIT_MS", _positive_int, 50),
+            trace_secret=_read(env, "LC_TRACE_SECRET", _secret, ""),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -409,7 +409,8 @@ async def test_http_auth_validation_and_conflicts(
 
     status, lot = await status_of("PUT", lot_url, ADMIN, json=good)
     assert status == 201
-    assert lot == {"sku": "crab", "lot_code": "L1", "allocated": 0, **good}
+    untraced = {"producer": None, "harvested_on": None, "inspection": None}
+    assert lot == {"sku": "crab", "lot_code": "L1", "allocated": 0, **good, **untraced}
     status, lot = await status_of("PUT", lot_url, ADMIN, json={**good, "quantity": 6})
     assert (status, lot["quantity"]) == (200, 6)
     status, view = await status_of("GET", f"{app.url}/v1/skus/crab", auth("host", "h1"))
