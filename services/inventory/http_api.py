@@ -36,10 +36,11 @@ async def put_lot(request: web.Request) -> web.Response:
         warehouse_id=body["warehouse_id"],
         quantity=int(body["quantity"]),
         expires_on=_date(body, "expires_on"),
-        origin=body.get("origin"),
-        producer=body.get("producer"),
+        # "" is stored as none, so it is journaled as none (null) too.
+        origin=body.get("origin") or None,
+        producer=body.get("producer") or None,
         harvested_on=_date(body, "harvested_on"),
-        inspection=body.get("inspection"),
+        inspection=body.get("inspection") or None,
     )
     result = await request.app[STOCK_STORE].upsert_lot(sku, lot)
     if result.lot is None:
