@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help install system-deps fetch up down ps logs demo test test-unit test-integration \
-        lint typecheck fmt check bench bench-lua bench-aio-burst token clean
+        lint typecheck fmt check bench bench-lua bench-aio-burst token journal-verify clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench-aio-burst: up ## bursts from an aiohttp client, 202s followed up: decided 
 token: $(STAMP) ## mint a token: make token ROLE=host SUB=host-1 [WAREHOUSE=wh-1]
 	@$(PY) -m services.common.mint_token --env-file .run/stack.env --role $(ROLE) --sub $(SUB) \
 	  $(if $(WAREHOUSE),--warehouse-id $(WAREHOUSE))
+
+journal-verify: $(STAMP) ## check a lot's journal hash chain: make journal-verify SKU=crab LOT=L1 (exit 1: broken)
+	@$(PY) -m services.inventory.journal verify --env-file .run/stack.env --sku "$(SKU)" --lot "$(LOT)"
 
 clean: down ## stop everything and remove .run (logs, data) and the virtualenv
 	rm -rf .run $(VENV)

@@ -113,6 +113,15 @@ class Settings:
     # How long a Redis reply may take before the command counts as failed (the connection
     # is then dropped, never reused with a reply in flight, and the call retried).
     redis_timeout_s: float = 5.0
+    # The secret trace codes are derived from (inventory); "" means LC_JWT_SECRET, under a
+    # key of its own (see inventory.domain.trace_key). Changing it changes the code of
+    # every task re-sent afterwards: set it once and keep it.
+    trace_secret: str = ""
+
+    @property
+    def trace_key_secret(self) -> str:
+        """What trace codes are keyed by: LC_TRACE_SECRET, else LC_JWT_SECRET."""
+        return self.trace_secret or self.jwt_secret
 
     @classmethod
     def from_env(cls, service: str, env: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +162,7 @@ class Settings:
             kafka_linger_ms=_read(env, "LC_KAFKA_LINGER_MS", _non_negative_int, 0),
             kafka_fetch_max_wait_ms=_read(env, "LC_KAFKA_FETCH_MAX_WAIT_MS", _positive_int, 50),
             redis_timeout_s=_read(env, "LC_REDIS_TIMEOUT_S", _positive_float, 5.0),
+            trace_secret=_read(env, "LC_TRACE_SECRET", _secret, ""),
         )
 
     def replace(self, **changes: object) -> Settings:

@@ -18,10 +18,12 @@ from services.common.web_app import (
     consumer_for,
     create_base_app,
 )
-from services.inventory.app_keys import INVENTORY_METRICS, STOCK_STORE
+from services.inventory.app_keys import INVENTORY_METRICS, JOURNAL_STORE, STOCK_STORE
+from services.inventory.domain import trace_key
 from services.inventory.handlers import EventHandlers
 from services.inventory.hold_sweeper import HoldSweeper, OutboxPublisher
 from services.inventory.http_api import add_routes
+from services.inventory.journal_store import JournalStore
 from services.inventory.metrics import InventoryMetrics
 from services.inventory.stock_store import StockStore
 
@@ -38,25 +40,32 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def inventory_context(app: web.Application) -> AsyncIterator[None]:
-    """The stock store, the orders consumer, the hold sweeper and its outbox publisher."""
+    """The stock and journal stores, the orders and picks consumer, the hold sweeper and
+    its outbox publisher."""
     settings = app[SETTINGS]
     topics = app[TOPICS]
     publisher = app[PUBLISHER]
     metrics = app[INVENTORY_METRICS]
     store = StockStore(app[REDIS], settings)
     app[STOCK_STORE] = store
+    journals = JournalStore(app[REDIS], settings.redis_prefix)
+    app[JOURNAL_STORE] = journals
 
     handlers = EventHandlers(
         store=store,
+        journals=journals,
         publisher=publisher,
         topics=topics,
         metrics=metrics,
         source=settings.instance_id,
+        trace_key=trace_key(settings.trace_key_secret),
     )
     consumer = consumer_for(
         app,
         name="inventory",
-        topics=[topics.orders],
+        # picks: pick.completed from the notifier, for the lot journals (inventory's own
+        # pick.requested there are passed over undecoded: not in `handles`).
+        topics=[topics.orders, topics.picks],
         handler=handlers,
         handles=handlers.handles,
         adaptive_fetch=True,

@@ -6,6 +6,8 @@ the shapes the scripts read and write and the lot order they allocate in.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Literal
 
@@ -137,6 +139,11 @@ class LotInput:
     quantity: int
     expires_on: str | None
     origin: str | None
+    # Traceability (DESIGN 4.6): who produced it, when (a calendar date), and its
+    # certificate or test result.
+    producer: str | None = None
+    harvested_on: str | None = None
+    inspection: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,9 @@ class Lot:
     allocated: int
     expires_on: str | None
     origin: str | None
+    producer: str | None = None
+    harvested_on: str | None = None
+    inspection: str | None = None
 
 
 def fefo_key(lot: Lot) -> tuple[bool, str, str]:
@@ -168,3 +178,33 @@ class SkuView:
     sku: str
     levels: StockLevels
     lots: list[Lot]
+
+
+# -- trace codes (DESIGN 4.6: printed on the box label, looked up without a token)
+
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+TRACE_CODE_LENGTH = 22  # 62**22 > 2**128: the first 128 bits of the MAC, none lost
+# Domain separation: the JWT secret (the fallback) signs tokens with HMAC-SHA256 too; the
+# trace key is a MAC of this label under the secret, never the secret itself, so a trace
+# code is no HS256 signature of anything and learning codes tells nothing about tokens.
+TRACE_KEY_LABEL = b"livecommerce/trace-code/v1"
+
+
+def trace_key(secret: str) -> bytes:
+    """The key of every trace code, from LC_TRACE_SECRET (or, unset, LC_JWT_SECRET)."""
+    return hmac.new(secret.encode(), TRACE_KEY_LABEL, hashlib.sha256).digest()
+
+
+def trace_code(key: bytes, pick_id: str) -> str:
+    """The code of one pick task: base62 of HMAC-SHA256(key, pick_id), 22 characters.
+
+    A function of the (deterministic) pick_id, so a task rebuilt on a replay carries the
+    same code; unguessable without the key (128 bits), so a label cannot be forged or a
+    neighbour's code derived from one's own."""
+    mac = hmac.new(key, pick_id.encode(), hashlib.sha256).digest()
+    number = int.from_bytes(mac[:16], "big")
+    digits: list[str] = []
+    for _ in range(TRACE_CODE_LENGTH):
+        number, digit = divmod(number, 62)
+        digits.append(BASE62[digit])
+    return "".join(reversed(digits))

@@ -1,4 +1,5 @@
-"""The handlers of inventory's consumer group (`orders` topic), one per message class.
+"""The handlers of inventory's consumer group (`orders` and `picks` topics), one per
+message class.
 
 Delivery is at-least-once (ConsumerRunner commits the offsets after `__call__` returns).
 The scripts make that harmless: a redelivered event finds its order already decided and
@@ -10,6 +11,12 @@ A partition's batch is cut per sku into runs of consecutive events of one class:
 independent (own keys, own slot), so they run concurrently; within a sku the runs keep
 their offset order, because a payment must see the hold its order.placed made. A run of
 order.placed is one reserve_batch call.
+
+Lot journals (lot_journal, DESIGN 4.6) grow here too: a payment appends `lot.allocated` to
+every lot it took units of, a pick.completed (from the notifier, on the picks topic)
+appends `lot.picked`; each append is announced by a lot.updated. Appends are idempotent
+by their dedup key (order_id, pick_id), so a replayed batch appends nothing again and only
+re-announces the lots.
 """
 
 from __future__ import annotations
@@ -20,19 +27,33 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict, cast
 
-from services.common.clock import epoch_ms
+from services.common.clock import epoch_ms, ms_to_rfc3339
 from services.common.consumed import ConsumedEvent
 from services.common.events import Outgoing, Publisher
 from services.common.kafka_topics import Topics
-from services.common.messages import Message, OrderCancelled, OrderPaid, OrderPlaced
+from services.common.messages import (
+    Message,
+    OrderCancelled,
+    OrderPaid,
+    OrderPlaced,
+    PickCompleted,
+)
 from services.inventory import outcome_events
 from services.inventory.domain import (
+    Allocation,
     HoldOutcome,
     HoldStatus,
     OrderRecord,
     PlacedOrder,
     ReserveBatchResult,
     StockLevels,
+    trace_code,
+)
+from services.inventory.lot_journal import (
+    EntryType,
+    JournalAppend,
+    allocated_data,
+    picked_data,
 )
 from services.inventory.metrics import InventoryMetrics
 
@@ -55,6 +76,21 @@ class StockLedger(Protocol):
     ) -> HoldOutcome: ...
 
     async def track_holds(self, skus: Sequence[str]) -> None: ...
+
+
+class LotJournals(Protocol):
+    """What the handlers need of the lot journals (JournalStore in Redis)."""
+
+    async def append(
+        self,
+        sku: str,
+        lot_code: str,
+        type_: EntryType,
+        *,
+        at: str,
+        data: dict[str, Any],
+        dedup_key: str,
+    ) -> JournalAppend | None: ...
 
 
 @dataclass
@@ -87,7 +123,8 @@ def plan_runs(
         handler = table.get(type(event.message))
         if handler is None:
             continue
-        sku = cast(OrderPlaced | OrderPaid | OrderCancelled, event.message).sku
+        # Every listed class names its sku: order events and pick.completed alike.
+        sku = cast(OrderPlaced | OrderPaid | OrderCancelled | PickCompleted, event.message).sku
         runs = plan.setdefault(sku, [])
         if runs and runs[-1].handler == handler:
             runs[-1].events.append(event)
@@ -114,12 +151,16 @@ class EventHandlers:
         self,
         *,
         store: StockLedger,
+        journals: LotJournals,
         publisher: Publisher,
         topics: Topics,
         metrics: InventoryMetrics,
         source: str,
+        trace_key: bytes,
     ) -> None:
         self._store = store
+        self._journals = journals
+        self._trace_key = trace_key
         self._publisher = publisher
         self._topics = topics
         self._metrics = metrics
@@ -128,11 +169,13 @@ class EventHandlers:
             OrderPlaced: self.reserve,
             OrderPaid: self.commit,
             OrderCancelled: self.release,
+            PickCompleted: self.journal_pick,
         }
 
     @property
     def handles(self) -> frozenset[type[Message]]:
-        """order.rejected, also on this topic, was refused before it got here."""
+        """order.rejected (orders topic) was refused before it got here; pick.requested
+        (picks topic) is inventory's own."""
         return frozenset(self.table)
 
     async def __call__(self, events: Sequence[ConsumedEvent[Message]]) -> None:
@@ -208,16 +251,26 @@ class EventHandlers:
             record = self._hold_ended(sku, event, outcome, "committed", result)
             if record is None:
                 continue
+            # Journal the allocation before anything is published: a crash in between
+            # replays the batch, commit answers the stored record, and the append finds
+            # its order_id known and adds nothing (a journal written after the publish
+            # could miss an allocation the buyers were already told about).
+            appended = await asyncio.gather(
+                *(self._journal_allocation(sku, record, a) for a in record.allocations)
+            )
             committed = outcome_events.reservation_committed(sku, record, self._source)
             result.messages.append((self._topics.inventory, sku, committed))
             result.messages += [
                 (
                     self._topics.picks,
                     allocation.warehouse_id,
-                    outcome_events.pick_requested(sku, record, allocation, self._source),
+                    outcome_events.pick_requested(
+                        sku, record, allocation, self._source, trace_key=self._trace_key
+                    ),
                 )
                 for allocation in record.allocations
             ]
+            self._announce_lots(sku, appended, result)
 
     async def release(
         self, sku: str, events: Sequence[ConsumedEvent[OrderCancelled]], result: SkuOutcome
@@ -229,6 +282,79 @@ class EventHandlers:
             if record is not None:
                 released = outcome_events.reservation_released(sku, record, self._source)
                 result.messages.append((self._topics.inventory, sku, released))
+
+    async def journal_pick(
+        self, sku: str, events: Sequence[ConsumedEvent[PickCompleted]], result: SkuOutcome
+    ) -> None:
+        """pick.completed: `lot.picked` in the lot's journal, once per pick_id (the
+        notifier publishes a completion once, but Kafka may deliver it twice)."""
+        for event in events:
+            done = event.message
+            code = done.trace_code or trace_code(self._trace_key, done.pick_id)
+            data = picked_data(
+                pick_id=done.pick_id,
+                trace_code=code,
+                quantity=done.quantity,
+                completed_at=done.completed_at,
+                completed_by=done.completed_by,
+            )
+            appended = await self._append(
+                sku,
+                done.lot_code,
+                "lot.picked",
+                at=done.completed_at,
+                data=data,
+                dedup_key=done.pick_id,
+            )
+            self._announce_lots(sku, [appended], result)
+
+    async def _journal_allocation(
+        self, sku: str, record: OrderRecord, allocation: Allocation
+    ) -> JournalAppend | None:
+        task_id = outcome_events.pick_id(record.order_id, allocation.lot_code)
+        data = allocated_data(
+            order_id=record.order_id,
+            session_id=record.session_id,
+            quantity=allocation.quantity,
+            pick_id=task_id,
+            trace_code=trace_code(self._trace_key, task_id),
+        )
+        # `at` is the commit time stored with the order: a replay computes the same entry.
+        at = ms_to_rfc3339(record.committed_ms or 0)
+        return await self._append(
+            sku, allocation.lot_code, "lot.allocated", at=at, data=data, dedup_key=record.order_id
+        )
+
+    async def _append(
+        self,
+        sku: str,
+        lot_code: str,
+        type_: EntryType,
+        *,
+        at: str,
+        data: dict[str, Any],
+        dedup_key: str,
+    ) -> JournalAppend | None:
+        appended = await self._journals.append(
+            sku, lot_code, type_, at=at, data=data, dedup_key=dedup_key
+        )
+        if appended is None:
+            log.warning(
+                "%s for a lot inventory does not have; not journaled",
+                type_,
+                extra={"sku": sku, "lot_code": lot_code, "dedup_key": dedup_key},
+            )
+        return appended
+
+    def _announce_lots(
+        self, sku: str, appended: Sequence[JournalAppend | None], result: SkuOutcome
+    ) -> None:
+        """A lot.updated per lot whose journal was appended to, or already held the entry
+        (a replay: the first announcement may have been lost with the crash)."""
+        for done in appended:
+            if done is not None:
+                updated = outcome_events.lot_updated(sku, done.lot, done.head, self._source)
+                result.messages.append((self._topics.inventory, sku, updated))
 
     def _hold_ended(
         self,

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import date
 from typing import Any
 
 from aiohttp import web
 
+from services.common.clock import now_rfc3339
+from services.common.events import Outgoing
 from services.common.problems import conflict, json_response, not_found, unprocessable
 from services.common.web_app import (
     PUBLISHER,
@@ -18,13 +21,16 @@ from services.common.web_app import (
     takes_json_body,
 )
 from services.inventory import outcome_events
-from services.inventory.app_keys import STOCK_STORE
+from services.inventory.app_keys import JOURNAL_STORE, STOCK_STORE
 from services.inventory.domain import Lot, LotInput
+from services.inventory.lot_journal import LotJournalView, check_chain, received_data
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/skus/{sku}/lots/{lot_code}", put_lot)
     app.router.add_get("/v1/skus/{sku}", get_sku)
+    app.router.add_get("/v1/skus/{sku}/lots/{lot_code}/journal", get_journal)
+    app.router.add_get("/v1/skus/{sku}/lots/{lot_code}/journal/verify", verify_journal)
 
 
 @takes_json_body
@@ -33,32 +39,44 @@ async def put_lot(request: web.Request) -> web.Response:
     body = await read_json_body(request, "lot-upsert")
     sku = request.match_info["sku"]
     lot_code = request.match_info["lot_code"]
-    expires_on = body.get("expires_on")
-    if expires_on is not None:
-        try:
-            date.fromisoformat(expires_on)
-        except ValueError as exc:
-            raise unprocessable(f"expires_on: {expires_on!r} is not a calendar date") from exc
-    result = await request.app[STOCK_STORE].upsert_lot(
-        sku,
-        LotInput(
-            lot_code=lot_code,
-            warehouse_id=body["warehouse_id"],
-            quantity=int(body["quantity"]),
-            expires_on=expires_on,
-            origin=body.get("origin"),
-        ),
+    lot = LotInput(
+        lot_code=lot_code,
+        warehouse_id=body["warehouse_id"],
+        quantity=int(body["quantity"]),
+        expires_on=_date(body, "expires_on"),
+        # "" is stored as none, so it is journaled as none (null) too.
+        origin=body.get("origin") or None,
+        producer=body.get("producer") or None,
+        harvested_on=_date(body, "harvested_on"),
+        inspection=body.get("inspection") or None,
     )
+    result = await request.app[STOCK_STORE].upsert_lot(sku, lot)
     if result.lot is None:
         raise conflict(result.detail)
-    # Buyers' sold-out views and hosts' counters follow stock.changed: announce the new
-    # totals once the change is in Redis.
-    settings = request.app[SETTINGS]
-    await request.app[PUBLISHER].publish(
-        request.app[TOPICS].inventory,
+    # Every accepted PUT is a receipt in the lot's journal. The dedup key is this
+    # request's own: a Redis call retried after a lost reply appends nothing twice,
+    # while a second PUT (even with the same body) is journaled again. A crash between
+    # the upsert and this append leaves the change unjournaled; the client saw no 2xx
+    # and repeats the PUT (quantities are absolute, so repeating it changes no stock).
+    journaled = await request.app[JOURNAL_STORE].append(
         sku,
-        outcome_events.stock_changed(sku, result.levels, settings.instance_id),
+        lot_code,
+        "lot.received",
+        at=now_rfc3339(),
+        data=received_data(lot),
+        dedup_key=f"put:{uuid.uuid4()}",
     )
+    # Buyers' sold-out views and hosts' counters follow stock.changed, trace pages follow
+    # lot.updated: announce both once the change is in Redis.
+    source = request.app[SETTINGS].instance_id
+    topic = request.app[TOPICS].inventory
+    messages: list[Outgoing] = [
+        (topic, sku, outcome_events.stock_changed(sku, result.levels, source))
+    ]
+    if journaled is not None:
+        updated = outcome_events.lot_updated(sku, journaled.lot, journaled.head, source)
+        messages.append((topic, sku, updated))
+    await request.app[PUBLISHER].publish_many(messages)
     return json_response(
         _lot_body(sku, result.lot), status=201 if result.status == "created" else 200
     )
@@ -82,6 +100,41 @@ async def get_sku(request: web.Request) -> web.Response:
     )
 
 
+async def get_journal(request: web.Request) -> web.Response:
+    principal(request, "admin", "host")
+    journal = await _journal(request)
+    return json_response(
+        {"entries": [entry.as_dict() for entry in journal.entries], "head": journal.head.hash}
+    )
+
+
+async def verify_journal(request: web.Request) -> web.Response:
+    principal(request, "admin", "host")
+    journal = await _journal(request)
+    return json_response(check_chain(journal.entries).as_dict())
+
+
+async def _journal(request: web.Request) -> LotJournalView:
+    sku = request.match_info["sku"]
+    lot_code = request.match_info["lot_code"]
+    journal = await request.app[JOURNAL_STORE].read(sku, lot_code)
+    if journal is None:
+        raise not_found(f"no lot {lot_code!r} of sku {sku!r}")
+    return journal
+
+
+def _date(body: dict[str, Any], field: str) -> str | None:
+    """A date field of the body, checked to be a calendar date (the schema checks only
+    its shape): 422 otherwise."""
+    value = body.get(field)
+    if value is not None:
+        try:
+            date.fromisoformat(value)
+        except ValueError as exc:
+            raise unprocessable(f"{field}: {value!r} is not a calendar date") from exc
+    return value
+
+
 def _lot_body(sku: str, lot: Lot) -> dict[str, Any]:
     return {"sku": sku, **lot_view(lot)}
 
@@ -95,4 +148,7 @@ def lot_view(lot: Lot) -> dict[str, Any]:
         "allocated": lot.allocated,
         "expires_on": lot.expires_on,
         "origin": lot.origin,
+        "producer": lot.producer,
+        "harvested_on": lot.harvested_on,
+        "inspection": lot.inspection,
     }

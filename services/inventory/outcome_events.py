@@ -13,6 +13,7 @@ from services.common.clock import ms_to_rfc3339
 from services.common.events import EVENT_ID_NAMESPACE, Envelope
 from services.common.messages import (
     LotAllocation,
+    LotUpdated,
     OrderFacts,
     PickRequested,
     ReservationCommitted,
@@ -22,7 +23,8 @@ from services.common.messages import (
     ReservationReleased,
     StockChanged,
 )
-from services.inventory.domain import Allocation, OrderRecord, StockLevels
+from services.inventory.domain import Allocation, Lot, OrderRecord, StockLevels, trace_code
+from services.inventory.lot_journal import JournalHead
 
 
 def pick_id(order_id: str, lot_code: str) -> str:
@@ -74,10 +76,11 @@ def reservation_committed(
 
 
 def pick_requested(
-    sku: str, record: OrderRecord, allocation: Allocation, source: str
+    sku: str, record: OrderRecord, allocation: Allocation, source: str, *, trace_key: bytes
 ) -> Envelope[PickRequested]:
+    task_id = pick_id(record.order_id, allocation.lot_code)
     pick = PickRequested(
-        pick_id=pick_id(record.order_id, allocation.lot_code),
+        pick_id=task_id,
         order_id=record.order_id,
         session_id=record.session_id,
         sku=sku,
@@ -87,6 +90,8 @@ def pick_requested(
         expires_on=allocation.expires_on,
         # The commit time stored with the allocation, so a re-sent task is identical.
         created_at=ms_to_rfc3339(record.committed_ms or 0),
+        # A function of the pick_id: the same code on every re-send.
+        trace_code=trace_code(trace_key, task_id),
     )
     return Envelope.of(pick, source=source, dedup_key=f"{record.order_id}:{allocation.lot_code}")
 
@@ -122,3 +127,23 @@ def stock_changed(sku: str, levels: StockLevels, source: str) -> Envelope[StockC
         version=levels.version,
     )
     return Envelope.of(changed, source=source)
+
+
+def lot_updated(sku: str, lot: Lot, head: JournalHead, source: str) -> Envelope[LotUpdated]:
+    """A lot as it is after its journal grew; `journal_seq` orders the versions, so like
+    stock.changed it is a snapshot (no dedup id) that a newer one supersedes."""
+    updated = LotUpdated(
+        sku=sku,
+        lot_code=lot.lot_code,
+        warehouse_id=lot.warehouse_id,
+        quantity=lot.quantity,
+        allocated=lot.allocated,
+        expires_on=lot.expires_on,
+        origin=lot.origin,
+        producer=lot.producer,
+        harvested_on=lot.harvested_on,
+        inspection=lot.inspection,
+        journal_seq=head.seq,
+        journal_head=head.hash,
+    )
+    return Envelope.of(updated, source=source)

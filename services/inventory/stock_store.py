@@ -10,6 +10,9 @@ so each script touches one Redis Cluster slot):
     inv:{<sku>}:holds    sorted set order_id -> payment deadline (epoch ms)
     inv:{<sku>}:lots     hash lot_code -> lot JSON
     inv:{<sku>}:outbox   hash order_id -> expiry released by the sweeper, not yet published
+    inv:{<sku>}:journal:<lot_code>        list: the lot's journal entries (journal_store)
+    inv:{<sku>}:journal-heads             hash lot_code -> hash of its last journal entry
+    inv:{<sku>}:journal-dedup:<lot_code>  hash dedup key -> seq of the entry it appended
     inv:{holds-index}:skus  sorted set of skus that may hold units (where the sweeper looks)
     inv:{holds-index}:seq   counter for the index stamps
 """
@@ -88,6 +91,16 @@ class SkuKeys:
     @property
     def outbox(self) -> str:
         return self.base + "outbox"
+
+    def journal(self, lot_code: str) -> str:
+        return f"{self.base}journal:{lot_code}"
+
+    @property
+    def journal_heads(self) -> str:
+        return self.base + "journal-heads"
+
+    def journal_dedup(self, lot_code: str) -> str:
+        return f"{self.base}journal-dedup:{lot_code}"
 
 
 class StockStore:
@@ -226,6 +239,9 @@ class StockStore:
                 lot.quantity,
                 lot.expires_on or "",
                 lot.origin or "",
+                lot.producer or "",
+                lot.harvested_on or "",
+                lot.inspection or "",
             ],
         )
         state = cast(LotUpsertStatus, _text(status))
@@ -364,4 +380,8 @@ def lot_from_json(lot_code: str, raw: bytes | str) -> Lot:
         allocated=int(doc["allocated"]),
         expires_on=doc.get("expires_on") or None,
         origin=doc.get("origin") or None,
+        # Lots stored before traceability lack these: None, like an empty one.
+        producer=doc.get("producer") or None,
+        harvested_on=doc.get("harvested_on") or None,
+        inspection=doc.get("inspection") or None,
     )

@@ -409,10 +409,99 @@ async def test_http_auth_validation_and_conflicts(
 
     status, lot = await status_of("PUT", lot_url, ADMIN, json=good)
     assert status == 201
-    assert lot == {"sku": "crab", "lot_code": "L1", "allocated": 0, **good}
+    untraced = {"producer": None, "harvested_on": None, "inspection": None}
+    assert lot == {"sku": "crab", "lot_code": "L1", "allocated": 0, **good, **untraced}
     status, lot = await status_of("PUT", lot_url, ADMIN, json={**good, "quantity": 6})
     assert (status, lot["quantity"]) == (200, 6)
     status, view = await status_of("GET", f"{app.url}/v1/skus/crab", auth("host", "h1"))
     assert status == 200
     assert (view["received"], view["available"], view["reserved"], view["sold"]) == (6, 6, 0, 0)
     assert view["lots"] == [{k: v for k, v in lot.items() if k != "sku"}]
+
+
+async def test_a_payment_over_two_lots_is_journaled_in_both_and_a_pick_in_its_lot(
+    make_settings: Callable[..., Settings],
+    run_app: Callable[..., Any],
+    publisher: EventPublisher,
+    reader_factory: Callable[..., Any],
+    http: aiohttp.ClientSession,
+) -> None:
+    settings = make_settings("inventory")
+    topics = Topics.with_prefix(settings.topic_prefix)
+    app = await run_app(create_app, settings)
+    reader: TopicReader = await reader_factory(settings, [topics.inventory, topics.picks])
+    for lot, warehouse, expires in (("E1", "wh-a", "2030-06-01"), ("E2", "wh-b", "2030-06-09")):
+        body = {"warehouse_id": warehouse, "quantity": 2, "expires_on": expires}
+        assert await put_lot(http, app.url, "peach", lot, {**body, "producer": "Orchard 7"}) == 201
+    await publisher.publish(topics.orders, "peach", placed("p1", "peach", "b1", 3, limit=3))
+    await publisher.publish(topics.orders, "peach", paid("p1", "peach", "b1", 3))
+
+    async def picks_out() -> list[dict[str, Any]]:
+        picks = [data_of(e) for e in reader.of("pick.requested")]
+        assert len(picks) == 2
+        return picks
+
+    picks = {p["lot_code"]: p for p in await eventually(picks_out, what="two pick tasks")}
+    codes = {lot: pick["trace_code"] for lot, pick in picks.items()}
+    assert codes["E1"] != codes["E2"]
+    assert all(len(code) >= 16 and code.isascii() and code.isalnum() for code in codes.values())
+
+    async def journal(lot: str) -> dict[str, Any]:
+        async with http.get(f"{app.url}/v1/skus/peach/lots/{lot}/journal", headers=ADMIN) as r:
+            assert r.status == 200
+            body: dict[str, Any] = await r.json()
+            return body
+
+    for lot, quantity in (("E1", 2), ("E2", 1)):
+        received, allocation = (await journal(lot))["entries"]
+        assert received["type"] == "lot.received"
+        assert received["data"]["producer"] == "Orchard 7"
+        assert (allocation["seq"], allocation["type"]) == (2, "lot.allocated")
+        assert allocation["data"] == {
+            "order_id": "p1",
+            "session_id": "live-1",
+            "quantity": quantity,
+            "pick_id": picks[lot]["pick_id"],
+            "trace_code": codes[lot],
+        }
+
+    # The notifier reports E2's pick done (twice: Kafka may redeliver): one lot.picked.
+    done = event(
+        "pick.completed",
+        {
+            "pick_id": picks["E2"]["pick_id"],
+            "order_id": "p1",
+            "sku": "peach",
+            "warehouse_id": "wh-b",
+            "lot_code": "E2",
+            "quantity": 1,
+            "trace_code": codes["E2"],
+            "completed_at": "2030-05-01T12:30:00.000Z",
+            "completed_by": "staff-7",
+        },
+        dedup_key=picks["E2"]["pick_id"],
+    )
+    await publisher.publish_many([(topics.picks, "wh-b", done)] * 2)
+
+    async def picked() -> dict[str, Any]:
+        updates = [
+            data_of(e)
+            for e in reader.of("lot.updated")
+            if data_of(e)["lot_code"] == "E2" and data_of(e)["journal_seq"] == 3
+        ]
+        assert len(updates) == 2  # announced after the append and after the no-op again
+        return updates[-1]
+
+    update = await eventually(picked, what="lot.updated after the pick")
+    entries = (await journal("E2"))["entries"]
+    assert [e["type"] for e in entries] == ["lot.received", "lot.allocated", "lot.picked"]
+    assert entries[2]["data"]["trace_code"] == codes["E2"]
+    assert update["journal_head"] == entries[2]["hash"]
+    assert (update["quantity"], update["allocated"], update["producer"]) == (2, 1, "Orchard 7")
+    # Every append was announced: a receipt and an allocation per lot, then the pick.
+    seqs = sorted(
+        (data_of(e)["lot_code"], data_of(e)["journal_seq"]) for e in reader.of("lot.updated")
+    )
+    assert seqs == [("E1", 1), ("E1", 2), ("E2", 1), ("E2", 2), ("E2", 3), ("E2", 3)]
+    async with http.get(f"{app.url}/v1/skus/peach/lots/E2/journal/verify", headers=ADMIN) as r:
+        assert await r.json() == {"ok": True, "entries": 3, "first_bad_seq": None}

@@ -39,6 +39,14 @@ from services.inventory.domain import (
     StockLevels,
     fefo_key,
 )
+from services.inventory.lot_journal import (
+    EntryType,
+    JournalAppend,
+    JournalEntry,
+    JournalHead,
+    head_of,
+    next_entry,
+)
 from services.live_orders.domain import (
     AddListingOutcome,
     IntentResult,
@@ -517,6 +525,43 @@ class FakeStockLedger:
             allocations.append(Allocation(lot.lot_code, lot.warehouse_id, take, lot.expires_on))
         assert need == 0, "the lots cannot cover a reservation: the fake's stock is off"
         return tuple(allocations)
+
+
+class FakeLotJournals:
+    """LotJournals after append_journal.lua, over the lots of a FakeStockLedger: an entry
+    chained with the real hash (lot_journal.next_entry), appended once per dedup key (a
+    known key answers the entry appended then, status `known`); None for a lot the ledger
+    does not have. No other writer races it, so the head never moves."""
+
+    def __init__(self, ledger: FakeStockLedger) -> None:
+        self._ledger = ledger
+        self.entries: dict[tuple[str, str], list[JournalEntry]] = {}
+        self.dedup: dict[tuple[str, str], dict[str, int]] = {}
+
+    def of(self, sku: str, lot_code: str) -> list[JournalEntry]:
+        return self.entries.get((sku, lot_code), [])
+
+    async def append(
+        self,
+        sku: str,
+        lot_code: str,
+        type_: EntryType,
+        *,
+        at: str,
+        data: dict[str, Any],
+        dedup_key: str,
+    ) -> JournalAppend | None:
+        lot = self._ledger.sku(sku).lots.get(lot_code)
+        if lot is None:
+            return None
+        entries = self.entries.setdefault((sku, lot_code), [])
+        known = self.dedup.setdefault((sku, lot_code), {})
+        if dedup_key in known:
+            return JournalAppend("known", entries[known[dedup_key] - 1], head_of(entries), lot)
+        entry = next_entry(head_of(entries), type_, at, data)
+        entries.append(entry)
+        known[dedup_key] = entry.seq
+        return JournalAppend("appended", entry, JournalHead(entry.seq, entry.hash), lot)
 
 
 # -------------------------------------------------------------------------- notifier

@@ -23,9 +23,11 @@ from services.common.messages import (
     StockChanged,
 )
 from services.inventory import outcome_events
-from services.inventory.domain import Lot, StockLevels, fefo_key
+from services.inventory.domain import Lot, StockLevels, fefo_key, trace_code, trace_key
 from services.inventory.handlers import RunHandler, plan_runs
 from services.inventory.stock_store import levels_from_redis, record_from_json
+
+KEY = trace_key("unit-test-trace-secret")
 
 
 def consumed(offset: int, message: Message) -> ConsumedEvent[Message]:
@@ -122,7 +124,10 @@ def test_outcome_events_are_valid_and_keep_their_ids_when_rebuilt() -> None:
     built = [
         outcome_events.reservation_decided("crab", record, "inv-1"),
         outcome_events.reservation_committed("crab", record, "inv-1"),
-        *(outcome_events.pick_requested("crab", record, a, "inv-1") for a in record.allocations),
+        *(
+            outcome_events.pick_requested("crab", record, a, "inv-1", trace_key=KEY)
+            for a in record.allocations
+        ),
         outcome_events.reservation_released("crab", record, "inv-1"),
         outcome_events.reservation_expired("crab", record, "inv-1"),
         outcome_events.stock_changed("crab", StockLevels(5, 1, 1, 3, version=42), "inv-1"),
@@ -143,13 +148,18 @@ def test_outcome_events_are_valid_and_keep_their_ids_when_rebuilt() -> None:
     assert (pick_1.lot_code, pick_1.expires_on) == ("L1", "2026-12-01")
     assert pick_2.expires_on is None
     assert pick_1.pick_id == outcome_events.pick_id("o1", "L1") != pick_2.pick_id
+    # One trace code per task, derived from its pick_id.
+    assert pick_1.trace_code == trace_code(KEY, pick_1.pick_id)
+    assert pick_2.trace_code == trace_code(KEY, pick_2.pick_id) != pick_1.trace_code
     # The stock snapshot carries the version it was read with (consumers order by it).
     assert wire[-1] == StockChanged("crab", 5, 1, 1, 3, version=42)
 
     rebuilt = [
         outcome_events.reservation_decided("crab", record, "inv-2"),
         outcome_events.reservation_committed("crab", record, "inv-2"),
-        outcome_events.pick_requested("crab", record, record.allocations[0], "inv-2"),
+        outcome_events.pick_requested(
+            "crab", record, record.allocations[0], "inv-2", trace_key=KEY
+        ),
     ]
     assert [e.event_id for e in rebuilt] == [e.event_id for e in built[:3]]
     assert [e.message for e in rebuilt] == [e.message for e in built[:3]]

@@ -3,6 +3,7 @@ in-memory stock ledger and publisher."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ from services.common.consumed import ConsumedEvent
 from services.common.kafka_topics import Topics
 from services.common.messages import (
     LotAllocation,
+    LotUpdated,
     Message,
     OrderCancelled,
     OrderPaid,
     OrderPlaced,
     OrderRejected,
+    PickCompleted,
     PickRequested,
     ReservationCommitted,
     ReservationConfirmed,
@@ -28,13 +31,15 @@ from services.common.messages import (
     ReservationReleased,
     StockChanged,
 )
-from services.inventory.domain import StockLevels
-from services.inventory.handlers import EventHandlers
+from services.inventory.domain import StockLevels, trace_code, trace_key
+from services.inventory.handlers import EventHandlers, plan_runs
+from services.inventory.lot_journal import check_chain
 from services.inventory.metrics import InventoryMetrics
 from services.inventory.outcome_events import pick_id
-from tests.unit.fakes import FakePublisher, FakeStockLedger, consumed
+from tests.unit.fakes import FakeLotJournals, FakePublisher, FakeStockLedger, consumed
 
 TOPICS = Topics.with_prefix("lc.")
+TRACE_KEY = trace_key("unit-test-trace-secret")
 M = TypeVar("M", bound=Message)
 
 
@@ -81,15 +86,18 @@ def cancelled(order_id: str, *, sku: str = "crab") -> OrderCancelled:
 class Inventory:
     registry: CollectorRegistry
     ledger: FakeStockLedger
+    journals: FakeLotJournals
     publisher: FakePublisher
     handlers: EventHandlers
     next_offset: int = 0
 
-    async def consume(self, *messages: Message) -> list[ConsumedEvent[Message]]:
-        """One partition batch of the orders topic, at the next offsets."""
+    async def consume(
+        self, *messages: Message, topic: str = TOPICS.orders
+    ) -> list[ConsumedEvent[Message]]:
+        """One partition batch of `topic` (orders unless told), at the next offsets."""
         events: list[ConsumedEvent[Message]] = []
         for message in messages:
-            events.append(consumed(message, self.next_offset, topic=TOPICS.orders))
+            events.append(consumed(message, self.next_offset, topic=topic))
             self.next_offset += 1
         await self.handlers(events)
         return events
@@ -101,11 +109,12 @@ class Inventory:
         ]
 
     def outcome_ids(self) -> list[str]:
-        """Event ids of everything published but the stock snapshots (which carry none)."""
+        """Event ids of everything published but the stock and lot snapshots (which carry
+        no dedup id)."""
         return [
             env.event_id
             for _, _, env in self.publisher.sent
-            if not isinstance(env.message, StockChanged)
+            if not isinstance(env.message, StockChanged | LotUpdated)
         ]
 
     def decisions(self, outcome: str, *, replay: bool) -> float:
@@ -120,14 +129,17 @@ def inventory() -> Inventory:
     ledger.receive("crab", "crab-lot", 10)
     ledger.receive("tea", "tea-lot", 10)
     publisher = FakePublisher()
+    journals = FakeLotJournals(ledger)
     handlers = EventHandlers(
         store=ledger,
+        journals=journals,
         publisher=publisher,
         topics=TOPICS,
         metrics=InventoryMetrics.create(registry),
         source="test",
+        trace_key=TRACE_KEY,
     )
-    return Inventory(registry, ledger, publisher, handlers)
+    return Inventory(registry, ledger, journals, publisher, handlers)
 
 
 def order_ids(
@@ -309,3 +321,184 @@ async def test_a_failed_publish_fails_the_batch(inventory: Inventory) -> None:
 
     with pytest.raises(ConnectionError):
         await inventory.consume(placed("a"))
+
+
+# ------------------------------------------------------------------ lot journals
+
+
+def completed(pick: PickRequested, *, trace_code: str | None = "") -> PickCompleted:
+    """The notifier's pick.completed for `pick` (its trace code unless told otherwise)."""
+    return PickCompleted(
+        pick_id=pick.pick_id,
+        order_id=pick.order_id,
+        sku=pick.sku,
+        warehouse_id=pick.warehouse_id,
+        lot_code=pick.lot_code,
+        quantity=pick.quantity,
+        trace_code=pick.trace_code if trace_code == "" else trace_code,
+        completed_at="2030-05-01T12:30:00.000Z",
+        completed_by="staff-7",
+    )
+
+
+async def test_a_payment_over_two_lots_journals_an_allocation_in_each(
+    inventory: Inventory,
+) -> None:
+    inventory.ledger.receive("rice", "early", 1, expires_on="2030-05-20")
+    inventory.ledger.receive("rice", "late", 5, warehouse_id="wh-2", expires_on="2030-06-01")
+    await inventory.consume(placed("a", sku="rice", quantity=3))
+
+    await inventory.consume(paid("a", sku="rice", quantity=3))
+
+    picks = {pick.lot_code: pick for _, _, pick in inventory.sent(PickRequested)}
+    assert picks["early"].trace_code != picks["late"].trace_code
+    for lot, quantity in (("early", 1), ("late", 2)):
+        (entry,) = inventory.journals.of("rice", lot)
+        pick = picks[lot]
+        assert pick.trace_code == trace_code(TRACE_KEY, pick.pick_id)
+        assert (entry.seq, entry.type, entry.at) == (1, "lot.allocated", pick.created_at)
+        assert entry.data == {
+            "order_id": "a",
+            "session_id": "s1",
+            "quantity": quantity,
+            "pick_id": pick.pick_id,
+            "trace_code": pick.trace_code,
+        }
+    updates = {m.lot_code: m for _, key, m in inventory.sent(LotUpdated) if key == "rice"}
+    assert set(updates) == {"early", "late"}
+    late = updates["late"]
+    assert (late.quantity, late.allocated, late.warehouse_id) == (5, 2, "wh-2")
+    assert (late.journal_seq, late.journal_head) == (
+        1,
+        inventory.journals.of("rice", "late")[0].hash,
+    )
+    assert {topic for topic, _, _ in inventory.sent(LotUpdated)} == {TOPICS.inventory}
+
+
+async def test_the_journal_holds_no_buyer_data(inventory: Inventory) -> None:
+    await inventory.consume(placed("a", buyer_id="buyer-secret"))
+    await inventory.consume(paid("a"))
+    ((_, _, pick),) = inventory.sent(PickRequested)
+    await inventory.consume(completed(pick), topic=TOPICS.picks)
+
+    journal = inventory.journals.of("crab", "crab-lot")
+    assert [e.type for e in journal] == ["lot.allocated", "lot.picked"]
+    assert all("buyer" not in repr(e.as_dict()) and "pay-a" not in repr(e) for e in journal)
+
+
+async def test_a_replayed_payment_appends_nothing_and_announces_the_lot_again(
+    inventory: Inventory,
+) -> None:
+    await inventory.consume(placed("a"))
+    batch = await inventory.consume(paid("a"))
+    journal = list(inventory.journals.of("crab", "crab-lot"))
+    first_picks = inventory.sent(PickRequested)
+    inventory.publisher.sent.clear()
+
+    await inventory.handlers(batch)
+
+    assert inventory.journals.of("crab", "crab-lot") == journal
+    assert inventory.sent(PickRequested) == first_picks
+    ((_, _, again),) = inventory.sent(LotUpdated)
+    assert (again.journal_seq, again.journal_head) == (1, journal[0].hash)
+
+
+async def test_the_allocation_is_journaled_before_anything_is_published(
+    inventory: Inventory,
+) -> None:
+    """A crash (here: a failed publish) after the append replays the batch; the append is
+    then a no-op and the outcomes go out."""
+    await inventory.consume(placed("a"))
+    inventory.publisher.failure = ConnectionError("broker away")
+    with pytest.raises(ConnectionError):
+        batch = [consumed(paid("a"), 5, topic=TOPICS.orders)]
+        await inventory.handlers(batch)
+    assert [e.type for e in inventory.journals.of("crab", "crab-lot")] == ["lot.allocated"]
+
+    inventory.publisher.failure = None
+    await inventory.handlers(batch)
+
+    assert len(inventory.journals.of("crab", "crab-lot")) == 1
+    assert order_ids(inventory.sent(ReservationCommitted)) == ["a"]
+    assert len(inventory.sent(LotUpdated)) == 1
+
+
+async def test_a_completed_pick_is_journaled_once_and_announced(inventory: Inventory) -> None:
+    await inventory.consume(placed("a", quantity=2))
+    await inventory.consume(paid("a", quantity=2))
+    ((_, _, pick),) = inventory.sent(PickRequested)
+    inventory.publisher.sent.clear()
+
+    # Redelivered in the same batch and again later: one entry.
+    await inventory.consume(completed(pick), completed(pick), topic=TOPICS.picks)
+    await inventory.consume(completed(pick), topic=TOPICS.picks)
+
+    journal = inventory.journals.of("crab", "crab-lot")
+    assert [e.type for e in journal] == ["lot.allocated", "lot.picked"]
+    assert journal[1].at == "2030-05-01T12:30:00.000Z"
+    assert journal[1].data == {
+        "pick_id": pick.pick_id,
+        "trace_code": pick.trace_code,
+        "quantity": 2,
+        "completed_at": "2030-05-01T12:30:00.000Z",
+        "completed_by": "staff-7",
+    }
+    assert check_chain(journal).ok
+    updates = inventory.sent(LotUpdated)
+    assert len(updates) == 3
+    assert {(m.journal_seq, m.allocated) for _, _, m in updates} == {(2, 2)}
+    # A pick changes no stock: no snapshot, no outcome, nothing for the sweeper.
+    assert inventory.sent(StockChanged) == []
+    assert inventory.outcome_ids() == []
+    assert inventory.ledger.calls[-1][0] == "commit"
+
+
+async def test_a_pick_without_a_trace_code_gets_the_one_its_pick_id_has(
+    inventory: Inventory,
+) -> None:
+    await inventory.consume(placed("a"))
+    await inventory.consume(paid("a"))
+    ((_, _, pick),) = inventory.sent(PickRequested)
+
+    await inventory.consume(completed(pick, trace_code=None), topic=TOPICS.picks)
+
+    assert inventory.journals.of("crab", "crab-lot")[-1].data["trace_code"] == pick.trace_code
+
+
+async def test_a_pick_of_an_unknown_lot_is_logged_and_changes_nothing(
+    inventory: Inventory, caplog: pytest.LogCaptureFixture
+) -> None:
+    ghost = PickRequested(
+        "p-1", "o-1", "s1", "crab", "wh-1", "no-such-lot", 1, None, "2030-05-01T12:00:00Z", "c"
+    )
+    with caplog.at_level(logging.WARNING, logger="services.inventory.handlers"):
+        await inventory.consume(completed(ghost), topic=TOPICS.picks)
+
+    assert inventory.publisher.sent == []
+    assert inventory.journals.entries == {}
+    assert [r.getMessage() for r in caplog.records] == [
+        "lot.picked for a lot inventory does not have; not journaled"
+    ]
+
+
+def test_picks_are_run_per_sku_and_inventory_passes_its_own_pick_tasks_over(
+    inventory: Inventory,
+) -> None:
+    pick = PickRequested("p-1", "o-1", "s1", "tea", "wh-1", "L", 1, None, "2030-05-01T12:00:00Z")
+    batch: list[ConsumedEvent[Message]] = [
+        consumed(completed(pick), 0, topic=TOPICS.picks),
+        consumed(pick, 1, topic=TOPICS.picks),
+        consumed(completed(dataclasses.replace(pick, sku="crab")), 2, topic=TOPICS.picks),
+        consumed(completed(dataclasses.replace(pick, pick_id="p-2")), 3, topic=TOPICS.picks),
+    ]
+
+    plan = plan_runs(batch, inventory.handlers.table)
+
+    assert {
+        sku: [[e.offset for e in run.events] for run in runs] for sku, runs in plan.items()
+    } == {
+        "tea": [[0, 3]],
+        "crab": [[2]],
+    }
+    assert PickCompleted in inventory.handlers.handles
+    assert PickRequested not in inventory.handlers.handles

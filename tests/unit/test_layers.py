@@ -20,6 +20,7 @@ DOMAIN = [
     "services/live_orders/order_events.py",
     "services/inventory/domain.py",
     "services/inventory/outcome_events.py",
+    "services/inventory/lot_journal.py",
     "services/notifier/projection.py",
     "services/notifier/pick_queue.py",
     "services/notifier/trace.py",

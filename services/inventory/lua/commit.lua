@@ -4,7 +4,8 @@
 -- KEYS[2] orders  hash: order_id -> JSON record
 -- KEYS[3] buyers  hash: buyer_id -> units held (reserved + paid)
 -- KEYS[4] holds   sorted set: order_id scored by deadline (epoch ms)
--- KEYS[5] lots    hash: lot_code -> JSON {warehouse_id, quantity, allocated, expires_on, origin}
+-- KEYS[5] lots    hash: lot_code -> JSON {warehouse_id, quantity, allocated, expires_on, origin,
+--                 producer, harvested_on, inspection} (kept as they are: only allocated moves)
 -- ARGV[1] now (epoch ms)
 -- ARGV[2] offset field `off:<topic>:<partition>`
 -- ARGV[3] offset of the order.paid event

@@ -1,12 +1,16 @@
 -- upsert_lot.lua: create a lot or change its received quantity, in one atomic step.
 --
 -- KEYS[1] stock  hash: received, available, reserved, sold, v
--- KEYS[2] lots   hash: lot_code -> JSON {warehouse_id, quantity, allocated, expires_on, origin}
+-- KEYS[2] lots   hash: lot_code -> JSON {warehouse_id, quantity, allocated, expires_on, origin,
+--                producer, harvested_on, inspection}
 -- ARGV[1] lot_code
 -- ARGV[2] warehouse_id
 -- ARGV[3] quantity: the lot's total received units
 -- ARGV[4] expires_on (YYYY-MM-DD, '' for none)
 -- ARGV[5] origin ('' for none)
+-- ARGV[6] producer ('' for none)
+-- ARGV[7] harvested_on (YYYY-MM-DD, '' for none)
+-- ARGV[8] inspection ('' for none)
 --
 -- Returns {status, lot_json_or_detail, {received, available, reserved, sold, v}}, status one
 -- of created, updated, conflict. The sku's received and available move by the change of
@@ -50,6 +54,7 @@ redis.call('HINCRBY', stock, 'v', 1)
 local encoded = cjson.encode({
   warehouse_id = ARGV[2], quantity = quantity, allocated = allocated,
   expires_on = ARGV[4], origin = ARGV[5],
+  producer = ARGV[6], harvested_on = ARGV[7], inspection = ARGV[8],
 })
 redis.call('HSET', lots, lot_code, encoded)
 local status = 'updated'
