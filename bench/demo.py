@@ -54,6 +54,22 @@ async def host_snapshot(client: SaleClient, session_id: str, host_id: str) -> di
     return None
 
 
+async def first_box(client: SaleClient, warehouse_id: str) -> dict[str, Any] | None:
+    """A pick task of the warehouse (what its label shows), waiting up to 5 s for one."""
+    url = f"{client.endpoints.notifier}/v1/warehouses/{warehouse_id}/picks?limit=1"
+    token = client.token("warehouse", f"staff-{warehouse_id}", warehouse_id)
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        answer = await client.call("GET", url, headers=headers)
+        picks = answer.body.get("picks") if isinstance(answer.body, dict) else None
+        if picks:
+            box: dict[str, Any] = picks[0]
+            return box
+        await asyncio.sleep(0.25)
+    return None
+
+
 def view_agrees(snapshot: dict[str, Any] | None, stock: dict[str, Any]) -> bool:
     view = (snapshot or {}).get("skus", {}).get(stock["sku"], {})
     return bool(view) and all(view.get(k) == stock[k] for k in ("available", "reserved", "sold"))
@@ -142,6 +158,9 @@ async def demo(args: argparse.Namespace) -> int:
             quantity=120,
             expires_on=(today + timedelta(days=3)).isoformat(),
             origin="阳澄湖 Yangcheng Lake",
+            producer="阳澄湖蟹业合作社 Yangcheng Crab Cooperative",
+            harvested_on=(today - timedelta(days=2)).isoformat(),
+            inspection="CIQ 检验合格 passed",
         )
         await client.put_lot(
             sku,
@@ -150,10 +169,14 @@ async def demo(args: argparse.Namespace) -> int:
             quantity=180,
             expires_on=(today + timedelta(days=5)).isoformat(),
             origin="阳澄湖 Yangcheng Lake",
+            producer="莲花岛蟹场 Lotus Island Crab Farm",
+            harvested_on=(today - timedelta(days=1)).isoformat(),
+            inspection="CIQ 检验合格 passed",
         )
         session = await client.create_live_session(
             host_id=host_id,
             title="阳澄湖大闸蟹 · Hairy crab night",
+            pavilion="特产馆",
             listings=[
                 {
                     "sku": sku,
@@ -232,6 +255,10 @@ async def demo(args: argparse.Namespace) -> int:
         print(
             f"    metrics            {endpoints.live_orders}/metrics  {endpoints.inventory}/metrics  {notifier}/metrics"
         )
+        box = await first_box(client, WAREHOUSES[0])
+        if box is not None:
+            print(f"    a box's trace      {notifier}/trace/{box['trace_code']}   (no login)")
+            print(f"    its lot's journal  make journal-verify SKU={sku} LOT={box['lot_code']}")
         print("    logs               make logs        stop: make down")
         print(f"    mint a token       make token ROLE=host SUB={host_id}")
         print(f"  (finished {datetime.now(UTC):%H:%M:%S} UTC)")

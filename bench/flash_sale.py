@@ -122,8 +122,10 @@ class SaleClient:
         quantity: int,
         expires_on: str | None = None,
         origin: str | None = None,
+        **trace: str,
     ) -> Any:
-        body: dict[str, Any] = {"warehouse_id": warehouse_id, "quantity": quantity}
+        """`trace`: the lot's other trace fields (producer, harvested_on, inspection)."""
+        body: dict[str, Any] = {"warehouse_id": warehouse_id, "quantity": quantity, **trace}
         if expires_on is not None:
             body["expires_on"] = expires_on
         if origin is not None:
@@ -143,16 +145,18 @@ class SaleClient:
         )
 
     async def create_live_session(
-        self, *, host_id: str, title: str, listings: Sequence[dict[str, Any]], start: bool = True
+        self,
+        *,
+        host_id: str,
+        title: str,
+        listings: Sequence[dict[str, Any]],
+        start: bool = True,
+        pavilion: str | None = None,
     ) -> Any:
         base = self.endpoints.live_orders
+        body = {"title": title} if pavilion is None else {"title": title, "pavilion": pavilion}
         session = await self.expect(
-            "POST",
-            f"{base}/v1/sessions",
-            role="host",
-            sub=host_id,
-            json={"title": title},
-            ok=(201,),
+            "POST", f"{base}/v1/sessions", role="host", sub=host_id, json=body, ok=(201,)
         )
         session_id = session["session_id"]
         for listing in listings:
