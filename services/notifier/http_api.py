@@ -5,6 +5,7 @@ and `projection`."""
 from __future__ import annotations
 
 import asyncio
+import time
 import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -42,6 +43,10 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 FIRST_MESSAGE_AUTH_S = 5.0
 CLIENT_MAX_MESSAGE_BYTES = 4096
+# The pages send nothing after auth (pings are answered by aiohttp, not counted here): a
+# client sending more than this many messages within a second is flooding, and is closed
+# (1008) rather than let it keep the server reading and discarding.
+CLIENT_MAX_MESSAGES_PER_S = 20
 HEARTBEAT_S = 20.0
 SEND_TIMEOUT_S = 10.0
 SSE_KEEPALIVE_S = 10.0
@@ -236,8 +241,16 @@ async def serve_socket(
     metrics = request.app[NOTIFIER_METRICS]
 
     async def read_until_closed() -> None:
+        window_started, received = time.monotonic(), 0
         async for _ in ws:
-            pass
+            now = time.monotonic()
+            if now - window_started >= 1.0:
+                window_started, received = now, 0
+            received += 1
+            if received > CLIENT_MAX_MESSAGES_PER_S:
+                metrics.flood_disconnects.labels(kind).inc()
+                await ws.close(code=POLICY_VIOLATION, message=b"too many client messages")
+                break
         outbox.close()
 
     async def send(frame: bytes) -> None:

@@ -13,6 +13,7 @@ class NotifierMetrics:
     frames_sent: Counter
     queue_drops: Counter
     slow_disconnects: Counter
+    flood_disconnects: Counter
     projection_lag: Gauge
     events_applied: Counter
     events_skipped: Counter
@@ -43,6 +44,12 @@ class NotifierMetrics:
             slow_disconnects=Counter(
                 "lc_notifier_slow_client_disconnects",
                 "Clients disconnected because they did not keep up (queue full or send stuck)",
+                ["kind"],
+                registry=registry,
+            ),
+            flood_disconnects=Counter(
+                "lc_notifier_flood_disconnects",
+                "Clients closed (1008) for sending more messages a second than a page does",
                 ["kind"],
                 registry=registry,
             ),
