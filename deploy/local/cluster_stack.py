@@ -42,6 +42,7 @@ from deploy.local.stack import (
     free_port,
     http_ok,
     new_kafka_cluster_id,
+    port_free,
     read_env_file,
     require_free,
     require_tool,
@@ -86,7 +87,7 @@ class ClusterPorts:
         return cls(
             kafka=tuple(free_port() for _ in range(KAFKA_NODES)),
             controllers=tuple(free_port() for _ in range(KAFKA_NODES)),
-            redis=tuple(free_port() for _ in range(REDIS_MASTERS * (1 + redis_replicas))),
+            redis=tuple(redis_cluster_port() for _ in range(REDIS_MASTERS * (1 + redis_replicas))),
             services={
                 name: tuple(free_port() for _ in range(PROCESSES_PER_SERVICE)) for name in SERVICES
             },
@@ -102,13 +103,26 @@ class ClusterPorts:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.redis)
 
 
+def redis_cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and below 65536 too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536 and port_free(port + 10000):
+            return port
+
+
 # ---------------------------------------------------------------------------- kafka
 
 
 def start_kafka_cluster(
-    ports: ClusterPorts, state_dir: Path, logs: Path, heap: str = "384m"
+    ports: ClusterPorts,
+    state_dir: Path,
+    logs: Path,
+    heap: str = "384m",
+    started: list[Started] | None = None,
 ) -> list[Started]:
-    """Three combined broker+controller nodes of one quorum; returns once each answers."""
+    """Three combined broker+controller nodes of one quorum; returns once each answers.
+    `started` collects the nodes as they start, so a caller can stop them if a wait fails."""
     voters = kafka_voters(ports)
     cluster_id_file = state_dir / "kafka-cluster-id"
     if cluster_id_file.exists():
@@ -117,10 +131,11 @@ def start_kafka_cluster(
         cluster_id = new_kafka_cluster_id()
         state_dir.mkdir(parents=True, exist_ok=True)
         cluster_id_file.write_text(cluster_id + "\n")
-    nodes = [
-        start_kafka_node(ports, i, state_dir, logs, heap, voters=voters, cluster_id=cluster_id)
-        for i in range(len(ports.kafka))
-    ]
+    nodes = started if started is not None else []
+    for i in range(len(ports.kafka)):
+        nodes.append(
+            start_kafka_node(ports, i, state_dir, logs, heap, voters=voters, cluster_id=cluster_id)
+        )
     # No node answers metadata before a quorum of controllers elected a leader.
     for node in nodes:
         wait_kafka(node, deadline_s=120)
@@ -181,11 +196,18 @@ def start_redis_node(port: int, state_dir: Path, logs: Path) -> Started:
 
 
 def start_redis_cluster(
-    ports: ClusterPorts, state_dir: Path, logs: Path, replicas: int = 1
+    ports: ClusterPorts,
+    state_dir: Path,
+    logs: Path,
+    replicas: int = 1,
+    started: list[Started] | None = None,
 ) -> list[Started]:
     """The nodes, then `redis-cli --cluster create` once (a restarted cluster keeps its
-    nodes.conf); returns when every node reports all slots served."""
-    nodes = [start_redis_node(port, state_dir, logs) for port in ports.redis]
+    nodes.conf); returns when every node reports all slots served. `started` collects
+    the nodes as they start (for the caller to stop if something fails)."""
+    nodes = started if started is not None else []
+    for port in ports.redis:
+        nodes.append(start_redis_node(port, state_dir, logs))
     if not (state_dir / "redis-cluster-created").exists():
         cli = require_tool("redis-cli", "install Debian's redis-tools")
         subprocess.run(

@@ -17,6 +17,7 @@ failover is recovered the same way as after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from importlib import resources
@@ -37,6 +38,10 @@ ArgT = str | bytes | int | float
 # What create_redis returns: the stores take either; both speak the same commands.
 RedisClient: TypeAlias = Redis | RedisCluster
 
+
+# The longest a script call may take in cluster mode, retries and a slot map refresh
+# included (a failover settles within the node timeout, 2 s locally, plus the election).
+CLUSTER_CALL_TIMEOUT_S = 15.0
 
 _INCLUDE = re.compile(r"^--#include ([\w.-]+\.lua)$", re.MULTILINE)
 
@@ -59,6 +64,15 @@ class LuaScript:
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     async def __call__(self, client: RedisClient, keys: list[KeyT], args: list[ArgT]) -> Any:
+        if isinstance(client, RedisCluster):
+            # A call caught by a failover was seen to hang in the cluster client's
+            # reinitialisation (a consumer stuck mid-batch): bounded, it fails and the
+            # caller's retry runs it again (every script here is safe to run twice).
+            async with asyncio.timeout(CLUSTER_CALL_TIMEOUT_S):
+                return await self._run(client, keys, args)
+        return await self._run(client, keys, args)
+
+    async def _run(self, client: RedisClient, keys: list[KeyT], args: list[ArgT]) -> Any:
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
