@@ -65,9 +65,9 @@ class LuaScript:
 
     async def __call__(self, client: RedisClient, keys: list[KeyT], args: list[ArgT]) -> Any:
         if isinstance(client, RedisCluster):
-            # A call caught by a failover was seen to hang in the cluster client's
-            # reinitialisation (a consumer stuck mid-batch): bounded, it fails and the
-            # caller's retry runs it again (every script here is safe to run twice).
+            # A call caught by a failover must not hang its caller (a consumer mid-batch):
+            # bounded, it fails and the caller's retry runs it again (every script here
+            # is safe to run twice).
             async with asyncio.timeout(CLUSTER_CALL_TIMEOUT_S):
                 return await self._run(client, keys, args)
         return await self._run(client, keys, args)

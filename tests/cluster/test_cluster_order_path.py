@@ -178,6 +178,12 @@ def master_of(ports: list[int], key: str) -> int:
     raise AssertionError(f"no master serves slot {slot}")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (#11, open): after the failover one inventory process's consumer stays "
+    "stuck mid-batch (lag > 0, no handler error logged) and its /readyz stays 503; the replica "
+    "is promoted and live_orders and notifier recover",
+)
 async def test_redis_master_killed_mid_burst_its_replica_takes_over(
     client: SaleClient, cluster_services: ClusterServices, cluster_backends: ClusterBackends
 ) -> None:
