@@ -10,6 +10,7 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help install system-deps fetch up down ps logs demo test test-unit test-integration \
+        up-cluster down-cluster ps-cluster test-cluster \
         lint typecheck fmt check bench bench-lua bench-aio-burst token journal-verify clean
 
 help: ## list the targets
@@ -37,6 +38,15 @@ up: install fetch ## start Kafka, Redis and the three services; wait for every /
 down: ## stop the services, Redis and Kafka
 	@test -x $(PY) && $(PY) -m deploy.local.stack down || true
 
+up-cluster: install fetch ## 3 Kafka brokers, a Redis Cluster (3 masters + 3 replicas), 2 processes per service; .run/cluster/stack.env
+	@$(PY) -m deploy.local.cluster_stack up
+
+down-cluster: ## stop what make up-cluster started
+	@test -x $(PY) && $(PY) -m deploy.local.cluster_stack down || true
+
+ps-cluster: ## what runs of the cluster stack, with readiness
+	@$(PY) -m deploy.local.cluster_stack ps
+
 ps: ## what runs, with pids, URLs and readiness
 	@$(PY) -m deploy.local.stack ps
 
@@ -46,8 +56,11 @@ logs: ## the tail of every log under .run/logs
 demo: up ## start the stack and run a simulated live flash sale against it
 	@$(PY) -m bench.demo --env-file .run/stack.env
 
-test: install fetch ## install, then run the whole suite on a real Kafka and Redis it starts itself
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install fetch ## install, then run the whole suite on a real Kafka and Redis it starts itself (not the cluster tests)
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+
+test-cluster: install fetch ## the cluster tests: starts its own 3 brokers and Redis Cluster on free ports (a few minutes)
+	$(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## only the unit tests (no servers)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

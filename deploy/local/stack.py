@@ -195,25 +195,39 @@ class Started:
     log: Path
 
 
-def _kafka_properties(port: int, controller_port: int, data_dir: Path) -> str:
+def _kafka_properties(
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    *,
+    node_id: int = 1,
+    voters: str | None = None,
+    replication: int = 1,
+) -> str:
+    """One combined broker+controller. `voters` (`1@host:port,2@host:port,...`) names the
+    controller quorum of a multi-node cluster; `replication` is what its internal topics
+    (and topics created without a factor) get, with min.insync.replicas one less."""
+    min_isr = max(1, replication - 1)
     return "\n".join(
         [
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@127.0.0.1:{controller_port}",
+            f"node.id={node_id}",
+            f"controller.quorum.voters={voters or f'{node_id}@127.0.0.1:{controller_port}'}",
             f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
             f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
             "controller.listener.names=CONTROLLER",
             "inter.broker.listener.name=PLAINTEXT",
             "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             f"log.dirs={data_dir}",
-            # One local node: internal topics cannot have more replicas than brokers.
-            "offsets.topic.replication.factor=1",
+            # Internal topics cannot have more replicas than brokers (one local node: 1).
+            f"offsets.topic.replication.factor={replication}",
             "offsets.topic.num.partitions=12",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"transaction.state.log.replication.factor={replication}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={replication}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
+            f"default.replication.factor={replication}",
+            f"min.insync.replicas={min_isr}",
             # Groups form at once: members of a test or of `make up` join within seconds.
             "group.initial.rebalance.delay.ms=0",
             # Topics come from provisioning (partitions, compaction), never by accident.
@@ -223,26 +237,59 @@ def _kafka_properties(port: int, controller_port: int, data_dir: Path) -> str:
     )
 
 
+def new_kafka_cluster_id() -> str:
+    # A cluster id is a base64url UUID without padding, as `kafka-storage random-uuid`.
+    # One starting with "-" would be read as an option by the storage tool.
+    cluster_id = "-"
+    while cluster_id.startswith("-"):
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    return cluster_id
+
+
 def start_kafka(
-    *, port: int, controller_port: int, state_dir: Path, log: Path, heap: str = "1g"
+    *,
+    port: int,
+    controller_port: int,
+    state_dir: Path,
+    log: Path,
+    heap: str = "1g",
+    node_id: int = 1,
+    voters: str | None = None,
+    replication: int = 1,
+    cluster_id: str | None = None,
+    wait: bool = True,
 ) -> Started:
-    """Format the storage once, start the broker, and return once it answers metadata."""
+    """Format the storage once, start the broker, and (`wait`) return once it answers
+    metadata. The nodes of a quorum (`voters`, one `cluster_id`) are started with
+    `wait=False` and then waited for together (`wait_kafka`): none answers alone."""
     java = require_tool("java", "install OpenJDK 17 or newer (Debian: openjdk-17-jre-headless)")
     libs = fetch_kafka()
     data_dir = state_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config = state_dir / "server.properties"
-    config.write_text(_kafka_properties(port, controller_port, data_dir))
+    config.write_text(
+        _kafka_properties(
+            port,
+            controller_port,
+            data_dir,
+            node_id=node_id,
+            voters=voters,
+            replication=replication,
+        )
+    )
     classpath = f"{libs}/*"
     base = [java, f"-Dlog4j2.configurationFile={HERE / 'log4j2.yaml'}", "-cp", classpath]
     if not (data_dir / "meta.properties").exists():
-        # A cluster id is a base64url UUID without padding, as `kafka-storage random-uuid`.
-        # One starting with "-" would be read as an option by the storage tool.
-        cluster_id = "-"
-        while cluster_id.startswith("-"):
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         subprocess.run(
-            [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+            [
+                *base,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id or new_kafka_cluster_id(),
+                "-c",
+                str(config),
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -251,7 +298,7 @@ def start_kafka(
         proc = subprocess.Popen(
             [
                 java,
-                "-Xms256m",
+                f"-Xms{min(256, _megabytes(heap))}m",
                 f"-Xmx{heap}",
                 "-XX:+UseG1GC",
                 "-XX:MaxGCPauseMillis=20",
@@ -264,14 +311,31 @@ def start_kafka(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    started = Started("kafka", proc, port, log)
+    if wait:
+        wait_kafka(started)
+    return started
+
+
+def _megabytes(heap: str) -> int:
+    """A JVM size (`768m`, `1g`) in MiB."""
+    number, unit = heap[:-1], heap[-1].lower()
+    if unit == "g":
+        return int(number) * 1024
+    if unit == "m":
+        return int(number)
+    return int(heap) // (1024 * 1024)
+
+
+def wait_kafka(started: Started, deadline_s: float = 90) -> None:
+    """Until the broker answers metadata (fails early if it exited)."""
     wait_until(
-        f"Kafka on port {port}",
-        lambda: asyncio.run(_kafka_answers(f"127.0.0.1:{port}")),
-        90,
-        proc,
-        log,
+        f"Kafka on port {started.port}",
+        lambda: asyncio.run(_kafka_answers(f"127.0.0.1:{started.port}")),
+        deadline_s,
+        started.proc,
+        started.log,
     )
-    return Started("kafka", proc, port, log)
 
 
 async def _kafka_answers(bootstrap: str) -> bool:
@@ -290,9 +354,12 @@ async def _kafka_answers(bootstrap: str) -> bool:
 # ---------------------------------------------------------------------------- redis
 
 
-def start_redis(*, port: int, state_dir: Path, log: Path) -> Started:
+def start_redis(
+    *, port: int, state_dir: Path, log: Path, extra_args: Sequence[str] = ()
+) -> Started:
     """redis-server with AOF every second and no eviction: stock counters and holds must
-    never be dropped to make room, and a restart loses at most about a second."""
+    never be dropped to make room, and a restart loses at most about a second.
+    `extra_args` are more `--option value` pairs (a cluster node's)."""
     server = ensure_redis_server()
     state_dir.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -317,6 +384,7 @@ def start_redis(*, port: int, state_dir: Path, log: Path) -> Started:
             "no",
             "--logfile",
             str(log),
+            *extra_args,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -354,12 +422,12 @@ def _port(variable: str, default: int) -> int:
     return int(os.environ.get(variable, default))
 
 
-def _pid_file(name: str) -> Path:
-    return run_dir() / "pids" / f"{name}.pid"
+def _pid_file(name: str, base: Path | None = None) -> Path:
+    return (base or run_dir()) / "pids" / f"{name}.pid"
 
 
-def _read_pid(name: str) -> int | None:
-    path = _pid_file(name)
+def _read_pid(name: str, base: Path | None = None) -> int | None:
+    path = _pid_file(name, base)
     if not path.exists():
         return None
     try:
@@ -379,8 +447,8 @@ def _is_zombie(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] == "Z"
 
 
-def _write_pid(name: str, pid: int) -> None:
-    path = _pid_file(name)
+def _write_pid(name: str, pid: int, base: Path | None = None) -> None:
+    path = _pid_file(name, base)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"{pid}\n")
 
@@ -498,12 +566,13 @@ def up() -> None:
     print(f"environment written to {base / 'stack.env'}", flush=True)
 
 
-def down() -> None:
-    # Services first (they flush and leave their consumer groups), then the data stores.
-    for name in (*SERVICES, "redis", "kafka"):
-        pid = _read_pid(name)
+def down(base: Path | None = None, names: Sequence[str] = (*SERVICES, "redis", "kafka")) -> None:
+    """Stop what the pid files under `base` (default: the run dir) name, in this order:
+    services first (they flush and leave their consumer groups), then the data stores."""
+    for name in names:
+        pid = _read_pid(name, base)
         if pid is None:
-            _pid_file(name).unlink(missing_ok=True)
+            _pid_file(name, base).unlink(missing_ok=True)
             continue
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
@@ -517,7 +586,7 @@ def down() -> None:
         else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-        _pid_file(name).unlink(missing_ok=True)
+        _pid_file(name, base).unlink(missing_ok=True)
         print(f"{name:<12} stopped (pid {pid})", flush=True)
 
 

@@ -34,12 +34,21 @@ class Topics:
         return (self.orders, self.inventory, self.picks, self.sessions, self.dlq)
 
 
+def min_insync_replicas(settings: Settings) -> int | None:
+    """LC_KAFKA_MIN_INSYNC_REPLICAS, else 2 once topics are replicated (production: an
+    acknowledged write, acks=all, survives the loss of one broker); None: broker default."""
+    if settings.kafka_min_insync_replicas:
+        return settings.kafka_min_insync_replicas
+    return 2 if settings.topic_replication_factor > 1 else None
+
+
 def topic_specs(settings: Settings) -> list[NewTopic]:
     topics = Topics.with_prefix(settings.topic_prefix)
-    retention = {"retention.ms": str(settings.topic_retention_ms)}
-    if settings.topic_replication_factor > 1:
-        # Production: an acknowledged write survives the loss of one broker.
-        retention["min.insync.replicas"] = "2"
+    replicated: dict[str, str] = {}
+    min_isr = min_insync_replicas(settings)
+    if min_isr is not None:
+        replicated["min.insync.replicas"] = str(min_isr)
+    retention = {"retention.ms": str(settings.topic_retention_ms), **replicated}
     specs = [
         NewTopic(
             name,
@@ -50,9 +59,7 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         for name in (topics.orders, topics.inventory, topics.picks, topics.dlq)
     ]
     # Sessions are state, not history: compaction keeps the latest version of each session.
-    compacted = {"cleanup.policy": "compact"}
-    if settings.topic_replication_factor > 1:
-        compacted["min.insync.replicas"] = "2"
+    compacted = {"cleanup.policy": "compact", **replicated}
     specs.append(
         NewTopic(
             topics.sessions,

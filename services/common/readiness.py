@@ -12,7 +12,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from services.common.redis_scripts import RedisClient
 
 Check = Callable[[], Awaitable[bool]]
 
@@ -45,11 +47,22 @@ class Readiness:
             return False
 
 
-def redis_check(client: Redis) -> Check:
+def redis_check(client: RedisClient) -> Check:
     async def check() -> bool:
+        if isinstance(client, RedisCluster):
+            return await cluster_serving(client)
         return bool(await client.ping())
 
     return check
+
+
+async def cluster_serving(client: RedisCluster) -> bool:
+    """Every primary answers and the cluster serves every slot. A master down without a
+    replica makes the cluster refuse its slots (CLUSTERDOWN) after the node timeout: the
+    service is then not ready, and answers 503 rather than half an order path."""
+    await client.ping(target_nodes=RedisCluster.PRIMARIES)
+    info = await client.cluster_info()
+    return bool(info.get("cluster_state") == "ok")
 
 
 def kafka_check(producer: AIOKafkaProducer) -> Check:

@@ -13,6 +13,15 @@ protocol gives them (RESP3 by default: HGETALL is a map). A NOSCRIPT reply (Redi
 restarted, SCRIPT FLUSH) loads the script and runs that command again: it did not run, so
 running it again is safe. Connection errors retry the flush a few times (every script
 here is safe to run twice), then fail every command of it.
+
+In cluster mode (a `RedisCluster` client) one connection cannot carry the tick: each
+command must reach the node of its key's slot. The tick then goes out as redis-py's
+non-transactional cluster pipeline, which groups the commands by node, sends each group
+on one connection of its node (so commands on one key keep their order) and the groups
+concurrently, follows MOVED/ASK and refreshes the slot map after a failover. A `before`
+command usually lives in another slot than its script (the order outbox and the buyer's
+order), so there it is sent, and must succeed, before the rest of the tick. The single
+node path below stays the raw one: that is the measured win.
 """
 
 from __future__ import annotations
@@ -23,11 +32,12 @@ from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.redis_scripts import ArgT, KeyT, LuaScript
+from services.common.redis_scripts import ArgT, KeyT, LuaScript, RedisClient
 
 # As create_redis's socket_timeout (LC_REDIS_TIMEOUT_S): a dead Redis surfaces as an
 # error, not a hang.
@@ -36,20 +46,21 @@ READ_TIMEOUT_S = 5.0
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
 
 # A command, the script it runs (to reload on NOSCRIPT), and the future of its reply (None:
-# a reply nobody waits for).
+# a reply nobody waits for: a `before` command).
 _Queued = tuple[tuple[Any, ...], LuaScript | None, "asyncio.Future[Any] | None"]
 
 
 class TickPipeline:
-    def __init__(self, redis: Redis, read_timeout_s: float = READ_TIMEOUT_S) -> None:
+    def __init__(self, redis: RedisClient, read_timeout_s: float = READ_TIMEOUT_S) -> None:
         self._redis = redis
+        self._cluster = redis if isinstance(redis, RedisCluster) else None
         self._read_timeout_s = read_timeout_s
         self._queue: list[_Queued] = []
         self._scheduled = False
         self._flushes: set[asyncio.Task[None]] = set()
 
     @property
-    def redis(self) -> Redis:
+    def redis(self) -> RedisClient:
         return self._redis
 
     def command(self, *args: Any) -> asyncio.Future[Any]:
@@ -90,6 +101,10 @@ class TickPipeline:
         task.add_done_callback(self._flushes.discard)
 
     async def _flush(self, queued: list[_Queued]) -> None:
+        if self._cluster is not None:
+            queued = await self._send_before_commands(queued)
+            if not queued:
+                return
         try:
             replies = await self._send([args for args, _, _ in queued])
             retry = [
@@ -119,10 +134,35 @@ class TickPipeline:
             else:
                 future.set_result(reply)
 
+    async def _send_before_commands(self, queued: list[_Queued]) -> list[_Queued]:
+        """Cluster mode: send the `before` commands first; a script whose `before` failed
+        fails with it and is not sent. Returns what is left to send."""
+        firsts = [i for i, (_, _, future) in enumerate(queued) if future is None]
+        if not firsts:
+            return queued
+        try:
+            replies = await self._send([queued[i][0] for i in firsts])
+        except Exception as exc:
+            replies = [exc] * len(firsts)
+        failed = {i + 1: reply for i, reply in zip(firsts, replies, strict=True)}
+        rest: list[_Queued] = []
+        for i, entry in enumerate(queued):
+            if entry[2] is None:
+                continue
+            error = failed.get(i)
+            if isinstance(error, Exception):
+                if not entry[2].done():
+                    entry[2].set_exception(error)
+            else:
+                rest.append(entry)
+        return rest
+
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Write all, read all, on one pooled connection. redis-py's own Pipeline costs
         about as much again per command (a pipeline object, retry and observability
         wrappers, reply callbacks): callers here take raw replies."""
+        if self._cluster is not None:
+            return await self._send_to_cluster(self._cluster, commands)
         for attempt, backoff in enumerate(RECONNECT_BACKOFF_S):
             try:
                 return await self._send_once(commands)
@@ -134,7 +174,22 @@ class TickPipeline:
                 await asyncio.sleep(backoff)
         raise AssertionError("unreachable")
 
+    async def _send_to_cluster(
+        self, cluster: RedisCluster, commands: list[tuple[Any, ...]]
+    ) -> list[Any]:
+        """One cluster pipeline: per node, in order, on one connection; nodes at once. Its
+        own retries (slot map refreshed) cover connection errors and CLUSTERDOWN."""
+        pipe = cluster.pipeline(transaction=False)
+        for args in commands:
+            pipe.execute_command(*args)
+        try:
+            async with asyncio.timeout(self._read_timeout_s):
+                return list(await pipe.execute(raise_on_error=False))
+        except TimeoutError as exc:
+            raise RedisTimeoutError(f"no reply from Redis within {self._read_timeout_s} s") from exc
+
     async def _send_once(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        assert isinstance(self._redis, Redis)
         pool = self._redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         replies: list[Any] = []

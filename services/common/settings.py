@@ -74,9 +74,15 @@ class Settings:
     http_port: int = 8081
     kafka_bootstrap: str = "localhost:9092"
     redis_url: str = "redis://localhost:6379/0"
+    # Redis Cluster: LC_REDIS_CLUSTER=1, or a `redis+cluster://host:port[,host:port]` URL.
+    # The URL then names seed nodes; the client learns the rest from CLUSTER SLOTS.
+    redis_cluster: bool = False
     topic_prefix: str = "lc."
     topic_partitions: int = 12
     topic_replication_factor: int = 1
+    # min.insync.replicas of every topic this deployment creates; 0: the broker's default
+    # (none is set), unless the replication factor is above 1, where 2 is the default.
+    kafka_min_insync_replicas: int = 0
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
     reservation_ttl_s: float = 900.0
     # Key prefix for every Redis key this deployment writes, so that test runs and
@@ -130,16 +136,21 @@ class Settings:
             raise SettingsError(f"unknown service {service!r}")
         env = os.environ if env is None else env
         port_var = f"LC_{service.upper()}_PORT"
+        redis_url = _read(env, "LC_REDIS_URL", _redis_url, "redis://localhost:6379/0")
         return cls(
             service=service,
             jwt_secret=_read(env, "LC_JWT_SECRET", _secret, None),
             http_host=_read(env, "LC_HTTP_HOST", str, "0.0.0.0"),
             http_port=_read(env, port_var, _positive_int, DEFAULT_PORTS[service]),
             kafka_bootstrap=_read(env, "LC_KAFKA_BOOTSTRAP", str, "localhost:9092"),
-            redis_url=_read(env, "LC_REDIS_URL", _redis_url, "redis://localhost:6379/0"),
+            redis_url=redis_url,
+            redis_cluster=_read(env, "LC_REDIS_CLUSTER", _flag, False) or is_cluster_url(redis_url),
             topic_prefix=_read(env, "LC_TOPIC_PREFIX", str, "lc."),
             topic_partitions=_read(env, "LC_TOPIC_PARTITIONS", _positive_int, 12),
             topic_replication_factor=_read(env, "LC_TOPIC_REPLICATION_FACTOR", _positive_int, 1),
+            kafka_min_insync_replicas=_read(
+                env, "LC_KAFKA_MIN_INSYNC_REPLICAS", _non_negative_int, 0
+            ),
             topic_retention_ms=_read(
                 env, "LC_TOPIC_RETENTION_MS", _positive_int, 7 * 24 * 3600 * 1000
             ),
@@ -178,10 +189,29 @@ def _secret(raw: str) -> str:
     return raw
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def is_cluster_url(url: str) -> bool:
+    """`redis+cluster://h1:p1,h2:p2` (or `rediss+cluster://` for TLS): Redis Cluster seeds."""
+    return url.startswith(CLUSTER_SCHEMES)
+
+
 def _redis_url(raw: str) -> str:
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("must start with redis://, rediss:// or unix://")
+    if not raw.startswith(("redis://", "rediss://", "unix://", *CLUSTER_SCHEMES)):
+        raise ValueError(
+            "must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://"
+        )
     return raw
+
+
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)")
 
 
 def _event_loop(raw: str) -> str:

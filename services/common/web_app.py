@@ -21,7 +21,6 @@ import orjson
 import uvloop
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
 
 from services.common.auth import Principal, Role, TokenVerifier, authenticate, require_role
 from services.common.identifiers import ID_RULE, is_valid_id
@@ -39,7 +38,7 @@ from services.common.problems import (
     unprocessable,
 )
 from services.common.readiness import Readiness, kafka_check, redis_check
-from services.common.redis_scripts import create_redis
+from services.common.redis_scripts import RedisClient, create_redis
 from services.common.schemas import first_error, integer_fields
 from services.common.settings import Settings, SettingsError
 
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", PlatformMetrics)
 READINESS = web.AppKey("readiness", Readiness)
-REDIS = web.AppKey("redis", Redis)
+REDIS: web.AppKey[RedisClient] = web.AppKey("redis")
 PUBLISHER = web.AppKey("publisher", EventPublisher)
 TOPICS = web.AppKey("topics", Topics)
 VERIFIER = web.AppKey("token_verifier", TokenVerifier)
@@ -301,7 +300,9 @@ def create_base_app(settings: Settings, metrics: PlatformMetrics | None = None) 
 async def platform_context(app: web.Application) -> AsyncIterator[None]:
     """Redis client, topics and the Kafka producer, for the app's lifetime."""
     settings = app[SETTINGS]
-    redis = create_redis(settings.redis_url, timeout_s=settings.redis_timeout_s)
+    redis = create_redis(
+        settings.redis_url, timeout_s=settings.redis_timeout_s, cluster=settings.redis_cluster
+    )
     await ensure_topics(settings)
     producer = create_producer(settings)
     await producer.start()

@@ -31,7 +31,7 @@ async def verify(redis_url: str, prefix: str, sku: str, lot_code: str) -> int:
     try:
         journal = await JournalStore(redis, prefix).read(sku, lot_code)
     finally:
-        await redis.aclose(close_connection_pool=True)
+        await redis.aclose()
     if journal is None:
         print(f"no lot {lot_code!r} of sku {sku!r}", file=sys.stderr)
         return 2

@@ -16,9 +16,8 @@ from __future__ import annotations
 from typing import Any, Literal, cast
 
 import orjson
-from redis.asyncio import Redis
 
-from services.common.redis_scripts import LuaScript
+from services.common.redis_scripts import LuaScript, RedisClient
 from services.inventory.lot_journal import (
     EntryType,
     JournalAppend,
@@ -41,7 +40,7 @@ class JournalConflict(RuntimeError):
 
 
 class JournalStore:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str) -> None:
         self._redis = redis
         self._prefix = prefix
         self._append = LuaScript(LUA, "append_journal.lua")

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
 
 from services.common.clock import epoch_ms
 from services.common.messages import RejectReason
-from services.common.redis_scripts import ArgT, LuaScript
+from services.common.redis_scripts import ArgT, LuaScript, RedisClient
 from services.common.settings import Settings
 from services.inventory.domain import (
     Allocation,
@@ -104,7 +103,7 @@ class SkuKeys:
 
 
 class StockStore:
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._redis = redis
         self._prefix = settings.redis_prefix
         self._ttl_ms = round(settings.reservation_ttl_s * 1000)

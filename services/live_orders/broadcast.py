@@ -14,9 +14,9 @@ import contextlib
 import logging
 import time
 
-from redis.asyncio import Redis
-
 from services.common.background import cancel_requested, stop_tasks
+from services.common.redis_pubsub import Subscriber, subscriber
+from services.common.redis_scripts import RedisClient
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_context import OrderContextCache
 from services.live_orders.order_waiters import OrderWaiters, decode_updates
@@ -34,7 +34,7 @@ class BroadcastListener:
     def __init__(
         self,
         *,
-        redis: Redis,
+        redis: RedisClient,
         keys: RedisKeys,
         waiters: OrderWaiters,
         sold_out: SoldOutSkus,
@@ -77,8 +77,11 @@ class BroadcastListener:
     async def _run(self) -> None:
         attempt = 0
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            # In cluster mode, a plain client on one node (redis_pubsub.py says why).
+            listening: Subscriber | None = None
             try:
+                listening = await subscriber(self._redis, attempt)
+                pubsub = listening.pubsub
                 await pubsub.subscribe(
                     self._keys.order_updates_channel,
                     self._keys.stock_channel,
@@ -109,8 +112,9 @@ class BroadcastListener:
                 log.warning("pub/sub listener failed; resubscribing", exc_info=True)
                 await asyncio.sleep(delay)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if listening is not None:
+                    with contextlib.suppress(Exception):
+                        await listening.aclose()
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         name = channel.decode()

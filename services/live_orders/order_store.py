@@ -14,10 +14,9 @@ from collections.abc import Iterable, Sequence
 from typing import Literal, cast
 
 import orjson
-from redis.asyncio import Redis
 
 from services.common.redis_batch import TickPipeline
-from services.common.redis_scripts import LuaScript
+from services.common.redis_scripts import LuaScript, RedisClient
 from services.live_orders.domain import (
     FINAL_STATUSES,
     Intent,
@@ -57,7 +56,7 @@ def _record(flat: Sequence[bytes]) -> dict[str, str]:
 class OrderStore:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: RedisKeys,
         retention_s: int = DEFAULT_RETENTION_S,
         pipeline: TickPipeline | None = None,

@@ -12,11 +12,10 @@ from dataclasses import asdict
 from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
 
 from services.common.messages import SessionStatus
 from services.common.redis_batch import TickPipeline
-from services.common.redis_scripts import LuaScript
+from services.common.redis_scripts import LuaScript, RedisClient
 from services.live_orders.domain import (
     AddListingOutcome,
     Listing,
@@ -30,7 +29,9 @@ LUA = "services.live_orders.lua"
 
 
 class SessionStore:
-    def __init__(self, redis: Redis, keys: RedisKeys, pipeline: TickPipeline | None = None) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: RedisKeys, pipeline: TickPipeline | None = None
+    ) -> None:
         self._redis = redis
         self._keys = keys
         self._pipeline = pipeline or TickPipeline(redis)

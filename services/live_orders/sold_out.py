@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
-
 from services.common.background import cancel_requested
 from services.common.redis_batch import TickPipeline
-from services.common.redis_scripts import LuaScript
+from services.common.redis_scripts import LuaScript, RedisClient
 from services.live_orders.order_store import as_text
 from services.live_orders.redis_keys import RedisKeys
 
@@ -27,7 +25,9 @@ REFRESH_INTERVAL_S = 1.0
 
 
 class SoldOutSkus:
-    def __init__(self, redis: Redis, keys: RedisKeys, pipeline: TickPipeline | None = None) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: RedisKeys, pipeline: TickPipeline | None = None
+    ) -> None:
         self._redis = redis
         self._pipeline = pipeline or TickPipeline(redis)
         self._keys = keys

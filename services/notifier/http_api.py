@@ -5,8 +5,8 @@ and `projection`."""
 from __future__ import annotations
 
 import asyncio
-import time
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any

@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from typing import cast
 
 import orjson
-from redis.asyncio import Redis
 
 from services.common.messages import PickRequested
-from services.common.redis_scripts import LuaScript
+from services.common.redis_scripts import LuaScript, RedisClient
 from services.notifier.pick_queue import PickStatus, PickTask
 from services.notifier.redis_keys import NotifierKeys
 
@@ -23,7 +22,7 @@ LUA = "services.notifier.lua"
 
 
 class PickStore:
-    def __init__(self, redis: Redis, keys: NotifierKeys) -> None:
+    def __init__(self, redis: RedisClient, keys: NotifierKeys) -> None:
         self._apply_picks = LuaScript(LUA, "apply_picks.lua")
         self._complete_pick = LuaScript(LUA, "complete_pick.lua")
         self._redis = redis

@@ -6,9 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import orjson
-from redis.asyncio import Redis
 
-from services.common.redis_scripts import LuaScript
+from services.common.redis_scripts import LuaScript, RedisClient
 from services.notifier.projection import (
     TOTAL_FIELDS,
     Applied,
@@ -41,7 +40,7 @@ class _KeyIndex:
 
 
 class ProjectionStore:
-    def __init__(self, redis: Redis, keys: NotifierKeys, guard_ttl_s: int) -> None:
+    def __init__(self, redis: RedisClient, keys: NotifierKeys, guard_ttl_s: int) -> None:
         self._apply = LuaScript("services.notifier.lua", "apply_projection.lua")
         self._redis = redis
         self._keys = keys

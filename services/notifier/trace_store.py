@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from redis.asyncio import Redis
-
+from services.common.redis_scripts import RedisClient
 from services.notifier.pick_queue import PickTask
 from services.notifier.pick_store import PickStore
 from services.notifier.redis_keys import NotifierKeys
@@ -20,7 +19,7 @@ from services.notifier.trace import LotRecord, SessionLabel, lot_field, trace_do
 
 
 class TraceStore:
-    def __init__(self, redis: Redis, keys: NotifierKeys, picks: PickStore) -> None:
+    def __init__(self, redis: RedisClient, keys: NotifierKeys, picks: PickStore) -> None:
         self._redis = redis
         self._keys = keys
         self._picks = picks
