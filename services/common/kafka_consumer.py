@@ -279,7 +279,12 @@ class ConsumerRunner:
         attempt = 0
         while True:
             try:
-                await self._handler(events)
+                # A handler that never returns (a Redis command that hangs through a
+                # failover, a lost reply never timed out) would hold the partitions
+                # forever: past the deadline it is cancelled and the batch retried, which
+                # the handlers' idempotence makes harmless.
+                async with asyncio.timeout(self._settings.handler_timeout_s):
+                    await self._handler(events)
             except Exception:
                 if cancel_requested():
                     raise

@@ -119,6 +119,9 @@ class Settings:
     # How long a Redis reply may take before the command counts as failed (the connection
     # is then dropped, never reused with a reply in flight, and the call retried).
     redis_timeout_s: float = 5.0
+    # How long a consumer's batch handler may run before it is cancelled and the batch
+    # retried (kafka_consumer.ConsumerRunner).
+    handler_timeout_s: float = 30.0
     # The secret trace codes are derived from (inventory); "" means LC_JWT_SECRET, under a
     # key of its own (see inventory.domain.trace_key). Changing it changes the code of
     # every task re-sent afterwards: set it once and keep it.
@@ -173,6 +176,7 @@ class Settings:
             kafka_linger_ms=_read(env, "LC_KAFKA_LINGER_MS", _non_negative_int, 0),
             kafka_fetch_max_wait_ms=_read(env, "LC_KAFKA_FETCH_MAX_WAIT_MS", _positive_int, 50),
             redis_timeout_s=_read(env, "LC_REDIS_TIMEOUT_S", _positive_float, 5.0),
+            handler_timeout_s=_read(env, "LC_HANDLER_TIMEOUT_S", _positive_float, 30.0),
             trace_secret=_read(env, "LC_TRACE_SECRET", _secret, ""),
         )
 

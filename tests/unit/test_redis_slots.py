@@ -22,6 +22,8 @@ from services.common.redis_batch import TickPipeline
 from services.common.redis_scripts import ArgT, KeyT, LuaScript
 from services.common.settings import Settings
 from services.inventory.domain import LotInput, PlacedOrder
+from services.inventory.journal_store import JournalStore
+from services.inventory.lot_journal import JournalHead
 from services.inventory.stock_store import StockStore
 from services.live_orders.domain import Listing, TransitionRequest
 from services.live_orders.order_store import OrderStore
@@ -112,6 +114,12 @@ def settings() -> Settings:
 
 async def test_inventory_scripts_stay_in_the_slot_of_their_sku(calls: list[Any]) -> None:
     store = StockStore(Redis(), settings())
+    journals = JournalStore(Redis(), PREFIX)
+
+    async def empty_head(sku: str, lot_code: str) -> JournalHead:
+        return JournalHead()
+
+    journals.head = empty_head  # type: ignore[method-assign]
     for sku in SKUS:
         order = PlacedOrder(1, new_order_id("buyer-1"), "buyer-1", 1, 2, "s1", 100)
         lot = LotInput("LOT-A", "wh-1", 10, None, None)
@@ -120,16 +128,21 @@ async def test_inventory_scripts_stay_in_the_slot_of_their_sku(calls: list[Any])
         await recording(store.release(sku, "o1", topic="t", partition=0, offset=1))
         await recording(store.expire_holds(sku))
         await recording(store.upsert_lot(sku, lot))
+        await recording(
+            journals.append(sku, "LOT-A", "lot.received", at="t", data={}, dedup_key="k")
+        )
     await recording(store.track_holds(list(SKUS)))
     await recording(store.forget_sku(SKUS[0], 1))
     assert_one_slot(
         calls,
         scripts_of("services.inventory.lua"),
     )
-    # sku_view reads the counters and the lots in one MULTI/EXEC: one slot too.
+    # sku_view reads the counters and the lots in one MULTI/EXEC, a journal's head its
+    # length and its head hash: one slot too.
     for sku in SKUS:
         keys = store.keys(sku)
         assert key_slot(keys.stock.encode()) == key_slot(keys.lots.encode())
+        assert key_slot(keys.journal("LOT-A").encode()) == key_slot(keys.journal_heads.encode())
 
 
 async def test_live_orders_scripts_stay_in_one_slot(calls: list[Any]) -> None:
@@ -199,7 +212,7 @@ async def test_notifier_scripts_stay_in_the_notifier_slot(calls: list[Any]) -> N
     )
     await recording(picks.open_batch("lc.picks:0", [(1, pick)]))
     task = PickTask.from_document(orjson_document(pick), status="open", seq=1)
-    await recording(picks.complete(task, "2026-01-01T00:00:00Z", "staff-1"))
+    await recording(picks.complete(task, "2026-01-01T00:00:00Z", "staff-1", now_ms=1))
     assert_one_slot(calls, scripts_of("services.notifier.lua"))
     # open_snapshot/changes read the sequence and a warehouse's sets in one MULTI/EXEC.
     slots = {
