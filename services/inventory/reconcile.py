@@ -33,8 +33,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -102,15 +104,9 @@ async def read_log(settings: Settings, *, timeout_s: float = 60.0) -> LogRead:
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     )
+    partitions = await _partitions(settings, [topics.orders, topics.inventory, topics.picks])
     await consumer.start()
     try:
-        existing = await consumer.topics()
-        partitions = [
-            TopicPartition(topic, partition)
-            for topic in (topics.orders, topics.inventory, topics.picks)
-            if topic in existing
-            for partition in sorted(consumer.partitions_for_topic(topic) or ())
-        ]
         if not partitions:
             return LogRead([], 0)
         consumer.assign(partitions)
@@ -149,6 +145,25 @@ async def read_log(settings: Settings, *, timeout_s: float = 60.0) -> LogRead:
         return LogRead(events, undecodable)
     finally:
         await consumer.stop()
+
+
+async def _partitions(settings: Settings, names: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of those topics that exist (all topics are described: asking for
+    one by name could create it on a broker that auto-creates topics)."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap, client_id=f"reconcile-{uuid.uuid4().hex[:6]}"
+    )
+    await admin.start()
+    try:
+        described: list[dict[str, Any]] = await admin.describe_topics()
+    finally:
+        await admin.close()
+    found = {topic["topic"]: topic["partitions"] for topic in described}
+    return [
+        TopicPartition(name, number)
+        for name in names
+        for number in sorted(int(part["partition"]) for part in found.get(name, ()))
+    ]
 
 
 async def observe(
