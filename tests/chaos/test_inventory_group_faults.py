@@ -159,6 +159,8 @@ async def test_a_frozen_inventory_process_thawed_after_its_session_timeout_appli
         f"burst {result.finished - result.started:.1f} s; total {time.monotonic() - started:.1f} s"
     )
     assert frozen_s > SESSION_TIMEOUT_S
+    # The group gave the frozen member's partitions away: the other process decided too.
+    assert await deciding_process(http, [survivor]) is survivor
     await check_outcome(
         client,
         result,
