@@ -287,6 +287,8 @@ async def run(
     if not do_repair or not report.differences:
         return report, []
     repaired = await repair(settings, report)
+    if not repaired:  # only differences it cannot repair: nothing will change
+        return report, []
     deadline = time.monotonic() + settle_s
     while True:
         report = await reconcile(settings, live_orders=live_orders)
