@@ -7,11 +7,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# What `make test` selects: everything but the slow chaos scenarios (`make chaos` runs those).
+TEST_MARKERS ?= not slow and not cluster
 BENCH_ARGS ?=
 
 .PHONY: help install system-deps fetch up down ps logs demo test test-unit test-integration \
         up-cluster down-cluster ps-cluster test-cluster \
-        lint typecheck fmt check bench bench-lua bench-aio-burst token journal-verify clean
+        lint typecheck fmt check bench bench-lua bench-aio-burst token journal-verify reconcile \
+        chaos clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -56,11 +59,14 @@ logs: ## the tail of every log under .run/logs
 demo: up ## start the stack and run a simulated live flash sale against it
 	@$(PY) -m bench.demo --env-file .run/stack.env
 
-test: install fetch ## install, then run the whole suite on a real Kafka and Redis it starts itself (not the cluster tests)
-	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+test: install fetch ## install, then the whole suite on its own Kafka and Redis (not the slow chaos scenarios, not the cluster tests)
+	$(PY) -m pytest -m "$(TEST_MARKERS)" $(PYTEST_ARGS)
 
 test-cluster: install fetch ## the cluster tests: starts its own 3 brokers and Redis Cluster on free ports (a few minutes)
 	$(PY) -m pytest -m cluster tests/cluster $(PYTEST_ARGS)
+
+chaos: install fetch ## every chaos scenario, the slow ones too (broker SIGKILL, SIGSTOP, group churn)
+	$(PY) -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## only the unit tests (no servers)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -93,6 +99,9 @@ token: $(STAMP) ## mint a token: make token ROLE=host SUB=host-1 [WAREHOUSE=wh-1
 
 journal-verify: $(STAMP) ## check a lot's journal hash chain: make journal-verify SKU=crab LOT=L1 (exit 1: broken)
 	@$(PY) -m services.inventory.journal verify --env-file .run/stack.env --sku "$(SKU)" --lot "$(LOT)"
+
+reconcile: $(STAMP) ## compare the Kafka log with inventory's Redis and the orders (exit 1: differences; ARGS=--repair)
+	@$(PY) -m services.inventory.reconcile --env-file .run/stack.env $(ARGS)
 
 clean: down ## stop everything and remove .run (logs, data) and the virtualenv
 	rm -rf .run $(VENV)

@@ -18,7 +18,9 @@ import pytest
 
 from bench.flash_sale import SaleClient
 from deploy.local.stack import free_port, start_kafka, stop_process
+from services.common.settings import Settings
 from tests.conftest import wait_ready
+from tests.reconciling import reconciled
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.chaos
@@ -72,6 +74,7 @@ async def test_services_ride_out_a_broker_restart(
     broker: Broker,
     order_path: Callable[..., Awaitable[SaleClient]],
     http: aiohttp.ClientSession,
+    make_settings: Callable[..., Settings],
 ) -> None:
     kafka = {"kafka_bootstrap": broker.bootstrap}
     client = await order_path(inventory=kafka, live_orders=kafka)
@@ -131,3 +134,10 @@ async def test_services_ride_out_a_broker_restart(
     await eventually(all_decided, timeout=60, interval=0.5, what="every order reserved")
     stock = await client.sku(sku)
     assert (stock["available"], stock["reserved"], stock["sold"]) == (75, 25, 0)
+    report = await reconciled(
+        make_settings("inventory", **kafka),
+        label="broker restart",
+        accepted=len(accepted),
+        final_states=["reserved"] * len(accepted),
+    )
+    assert report.differences == []

@@ -18,6 +18,7 @@ import pytest
 from bench.flash_sale import Endpoints, SaleClient, read_back, run_burst
 from services.common.settings import Settings
 from tests.conftest import JWT_SECRET, ServiceProcess, wait_ready
+from tests.reconciling import reconciled
 
 pytestmark = pytest.mark.chaos
 
@@ -96,6 +97,13 @@ async def test_sigkill_of_an_inventory_process_mid_burst_loses_nothing(
             if state == "reserved":
                 per_buyer[order["buyer"]] = per_buyer.get(order["buyer"], 0) + order["quantity"]
         assert max(per_buyer.values()) <= LIMIT
+        report = await reconciled(
+            make_settings("inventory"),
+            label="SIGKILL of an inventory process",
+            accepted=len(result.final) + 1,
+            final_states=[*states, "reserved"],
+        )
+        assert report.differences == []
 
 
 async def deciding_process(

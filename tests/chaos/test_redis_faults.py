@@ -21,8 +21,10 @@ from typing import Any
 import pytest
 
 from bench.flash_sale import Answer, SaleClient
+from services.common.settings import Settings
 from tests.conftest import Backends
 from tests.fault_proxy import FaultProxy
+from tests.reconciling import reconciled
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.chaos
@@ -56,7 +58,9 @@ async def faults(proxy: FaultProxy, stop: asyncio.Event) -> None:
 
 
 async def test_lost_and_late_redis_replies_apply_nothing_twice_and_lose_nothing(
-    proxy: FaultProxy, order_path: Callable[..., Awaitable[SaleClient]]
+    proxy: FaultProxy,
+    order_path: Callable[..., Awaitable[SaleClient]],
+    make_settings: Callable[..., Settings],
 ) -> None:
     client = await order_path(
         live_orders={"redis_url": proxy.url, "redis_timeout_s": TIMEOUT_S},
@@ -121,3 +125,10 @@ async def test_lost_and_late_redis_replies_apply_nothing_twice_and_lose_nothing(
     assert final["reserved"] == min(UNITS, BUYERS) == stock["reserved"]
     assert stock["available"] == 0 and stock["sold"] == 0
     assert set(final) <= {"reserved", "rejected"}
+    report = await reconciled(
+        make_settings("inventory"),
+        label="redis faults",
+        accepted=len(orders),
+        final_states=[body["status"] for body in orders.values()],
+    )
+    assert report.differences == []

@@ -16,7 +16,9 @@ import pytest
 
 from bench.flash_sale import SaleClient
 from deploy.local.stack import free_port, start_redis, stop_process
+from services.common.settings import Settings
 from tests.conftest import wait_ready
+from tests.reconciling import reconciled
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.chaos
@@ -55,7 +57,9 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
 
 
 async def test_a_redis_restart_mid_sale_loses_nothing(
-    redis_server: RedisServer, order_path: Callable[..., Awaitable[SaleClient]]
+    redis_server: RedisServer,
+    order_path: Callable[..., Awaitable[SaleClient]],
+    make_settings: Callable[..., Settings],
 ) -> None:
     redis = {"redis_url": redis_server.url}
     client = await order_path(inventory=redis, live_orders=redis)
@@ -104,6 +108,13 @@ async def test_a_redis_restart_mid_sale_loses_nothing(
         29,
         1,
     )
+    report = await reconciled(
+        make_settings("inventory", **redis),
+        label="redis restart",
+        accepted=30,
+        final_states=await states(),
+    )
+    assert report.differences == []
 
 
 async def _is(value: Any, expected: Any) -> bool:

@@ -21,6 +21,7 @@ DOMAIN = [
     "services/inventory/domain.py",
     "services/inventory/outcome_events.py",
     "services/inventory/lot_journal.py",
+    "services/inventory/reconciliation.py",
     "services/notifier/projection.py",
     "services/notifier/pick_queue.py",
     "services/notifier/trace.py",
