@@ -548,6 +548,9 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
+    if request.method == "HEAD":
+        # The headers only: a stream written after them would be read as the next answer.
+        return response
     await response.prepare(request)
     outbox = await feed.subscribe(session_id)
     metrics.clients.labels("session_sse").inc()
