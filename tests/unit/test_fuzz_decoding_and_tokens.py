@@ -64,7 +64,7 @@ envelopes_of_any_data = st.fixed_dictionaries(
     {
         "event_id": st.one_of(st.text(max_size=40), json_values),
         "type": st.one_of(st.sampled_from(KNOWN_TYPES), st.text(max_size=20), json_values),
-        "version": st.one_of(st.just(1), st.integers(), json_values),
+        "version": st.one_of(st.just(1), st.integers(-(2**63), 2**64 - 1), json_values),
         "occurred_at": st.one_of(st.just("2026-11-28T12:00:00.000Z"), json_values),
         "source": st.one_of(st.just("fuzz"), json_values),
         "trace_id": st.one_of(st.just(""), json_values),
@@ -139,6 +139,13 @@ def test_valid_events_round_trip(data: dict[str, Any], source: str) -> None:
     decoded = decode(encode(envelope))
     assert decoded == envelope
     assert encode(decoded) == encode(envelope)
+
+
+@pytest.mark.parametrize(
+    "raw", [b'{"version": 1' + b"9" * 40 + b"}", b"1e999", b'"\\ud800"', b"\xff\xfe{}"]
+)
+def test_numbers_and_text_json_cannot_hold_are_invalid(raw: bytes) -> None:
+    _decodes_or_refuses(raw)
 
 
 def test_the_decoder_refuses_the_tombstone() -> None:
