@@ -30,6 +30,16 @@ from services.common.kafka_producer import EventPublisher, create_producer
 from services.common.kafka_topics import Topics, ensure_topics
 from services.common.messages import Message
 from services.common.metrics import PlatformMetrics
+from services.common.openapi import (
+    API_DESCRIPTION,
+    ID_PARAMETERS,
+    ApiDescription,
+    Operation,
+    Reply,
+    describe,
+    openapi_document,
+    problem,
+)
 from services.common.problems import (
     ProblemError,
     bad_request,
@@ -86,10 +96,6 @@ def open_route(handler: H) -> H:
     _OPEN_HANDLERS.add(handler)
     return handler
 
-
-# Path parameters that are ids (of the one grammar); others (a pavilion's name, a trace
-# code with its own stricter grammar and its own 404 page) are their handler's to check.
-ID_PARAMETERS = frozenset({"session_id", "order_id", "pick_id", "warehouse_id", "sku", "lot_code"})
 
 # A body on a route that takes none is read and ignored up to this size (clients that send
 # `{}` with every POST); above it, or of unknown length, it is refused unread (413).
@@ -274,6 +280,41 @@ async def metrics_handler(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+@open_route
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(openapi_document(request.app)), content_type="application/json"
+    )
+
+
+# The platform's own routes, described once for every service.
+PLATFORM_OPERATIONS = {
+    ("GET", "/healthz"): Operation(
+        "Process alive",
+        {200: Reply("alive", {"type": "object", "required": ["status"]})},
+        auth="none",
+    ),
+    ("GET", "/readyz"): Operation(
+        "Kafka, Redis and the consumers healthy",
+        {
+            200: Reply("ready", {"type": "object", "required": ["status", "checks"]}),
+            503: problem("not ready: the failing checks are named (`checks`)"),
+        },
+        auth="none",
+    ),
+    ("GET", "/metrics"): Operation(
+        "Prometheus metrics",
+        {200: Reply("Prometheus text format", {"type": "string"}, "text/plain")},
+        auth="none",
+    ),
+    ("GET", "/openapi.json"): Operation(
+        "This OpenAPI 3.1 document",
+        {200: Reply("the document", {"type": "object", "required": ["openapi", "paths"]})},
+        auth="none",
+    ),
+}
+
+
 def create_base_app(settings: Settings, metrics: PlatformMetrics | None = None) -> web.Application:
     metrics = metrics or PlatformMetrics.create()
     app = web.Application(
@@ -290,9 +331,12 @@ def create_base_app(settings: Settings, metrics: PlatformMetrics | None = None) 
     app[TOPICS] = Topics.with_prefix(settings.topic_prefix)
     app[VERIFIER] = TokenVerifier(settings.jwt_secret)
     app[METRICS_REFRESH] = []
+    app[API_DESCRIPTION] = ApiDescription(title=settings.service)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi_json)
+    describe(app, PLATFORM_OPERATIONS)
     app.cleanup_ctx.append(platform_context)
     return app
 

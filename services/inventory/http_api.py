@@ -11,6 +11,7 @@ from aiohttp import web
 
 from services.common.clock import now_rfc3339
 from services.common.events import Outgoing
+from services.common.openapi import Operation, Reply, describe, problem
 from services.common.problems import conflict, json_response, not_found, unprocessable
 from services.common.web_app import (
     PUBLISHER,
@@ -31,6 +32,108 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/skus/{sku}", get_sku)
     app.router.add_get("/v1/skus/{sku}/lots/{lot_code}/journal", get_journal)
     app.router.add_get("/v1/skus/{sku}/lots/{lot_code}/journal/verify", verify_journal)
+    describe(app, OPERATIONS, ANSWER_SCHEMAS)
+
+
+# ------------------------------------------------------------------ OpenAPI (/openapi.json)
+
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_LOT = {
+    "type": "object",
+    "required": ["lot_code", "warehouse_id", "quantity", "allocated", "expires_on"],
+    "properties": {
+        "lot_code": {"type": "string"},
+        "warehouse_id": {"type": "string"},
+        "quantity": {"type": "integer", "minimum": 0},
+        "allocated": {"type": "integer", "minimum": 0},
+        "expires_on": _NULLABLE_TEXT,
+        "origin": _NULLABLE_TEXT,
+        "producer": _NULLABLE_TEXT,
+        "harvested_on": _NULLABLE_TEXT,
+        "inspection": _NULLABLE_TEXT,
+    },
+}
+_HASH = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Lot": _LOT,
+    "LotOfSku": {**_LOT, "required": ["sku", *_LOT["required"]]},
+    "Sku": {
+        "type": "object",
+        "required": ["sku", "received", "available", "reserved", "sold", "lots"],
+        "properties": {
+            "sku": {"type": "string"},
+            **{
+                name: {"type": "integer", "minimum": 0}
+                for name in ("received", "available", "reserved", "sold")
+            },
+            "lots": {"type": "array", "items": {"$ref": "#/components/schemas/Lot"}},
+        },
+    },
+    "Journal": {
+        "type": "object",
+        "required": ["entries", "head"],
+        "properties": {
+            "entries": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["seq", "type", "at", "data", "prev_hash", "hash"],
+                    "properties": {
+                        "seq": {"type": "integer", "minimum": 1},
+                        "type": {"type": "string"},
+                        "at": {"type": "string"},
+                        "data": {"type": "object"},
+                        "prev_hash": _HASH,
+                        "hash": _HASH,
+                    },
+                },
+            },
+            "head": _HASH,
+        },
+    },
+    "JournalCheck": {
+        "type": "object",
+        "required": ["ok", "entries", "first_bad_seq"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "entries": {"type": "integer", "minimum": 0},
+            "first_bad_seq": {"type": ["integer", "null"]},
+        },
+    },
+}
+
+_WRONG_ROLE = problem("the caller's role may not do this")
+_NO_LOT = problem("no such lot (or sku)")
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("PUT", "/v1/skus/{sku}/lots/{lot_code}"): Operation(
+        "Receive a lot (quantity: its total received units)",
+        {
+            200: Reply("the lot, updated", "LotOfSku"),
+            201: Reply("the lot, created", "LotOfSku"),
+            403: _WRONG_ROLE,
+            409: problem("lowering the lot below what is allocated, or below what is held"),
+            422: problem("invalid body, or a date that is not a calendar date"),
+        },
+        roles=("admin",),
+        body="lot-upsert",
+    ),
+    ("GET", "/v1/skus/{sku}"): Operation(
+        "Stock levels of a sku, with its lots",
+        {200: Reply("the sku", "Sku"), 403: _WRONG_ROLE, 404: problem("no such sku")},
+        roles=("admin", "host"),
+    ),
+    ("GET", "/v1/skus/{sku}/lots/{lot_code}/journal"): Operation(
+        "A lot's hash-chained journal",
+        {200: Reply("the journal, oldest first", "Journal"), 403: _WRONG_ROLE, 404: _NO_LOT},
+        roles=("admin", "host"),
+    ),
+    ("GET", "/v1/skus/{sku}/lots/{lot_code}/journal/verify"): Operation(
+        "Check a lot's journal chain",
+        {200: Reply("the check", "JournalCheck"), 403: _WRONG_ROLE, 404: _NO_LOT},
+        roles=("admin", "host"),
+    ),
+}
 
 
 @takes_json_body

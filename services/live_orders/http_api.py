@@ -20,6 +20,7 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from services.common.openapi import Operation, Param, Reply, describe, problem
 from services.common.problems import (
     ProblemError,
     bad_request,
@@ -28,6 +29,7 @@ from services.common.problems import (
     not_found,
     unprocessable,
 )
+from services.common.schemas import schema as schema_file
 from services.common.web_app import SETTINGS, Handler, principal, read_json_body, takes_json_body
 from services.live_orders.app_keys import USE_CASES, UseCases
 from services.live_orders.domain import (
@@ -104,6 +106,174 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/orders/{order_id}", get_order)
     app.router.add_post("/v1/orders/{order_id}/payment", pay_order)
     app.router.add_post("/v1/orders/{order_id}/cancel", cancel_order)
+    describe(app, OPERATIONS, ANSWER_SCHEMAS)
+
+
+# ------------------------------------------------------------------ OpenAPI (/openapi.json)
+
+_SESSION_EVENT = schema_file("events/session.updated.v1.json")
+ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Session": {k: v for k, v in _SESSION_EVENT.items() if k not in ("$schema", "$id", "title")},
+    "Listing": _SESSION_EVENT["properties"]["listings"]["items"],
+    "Order": {
+        "type": "object",
+        "description": "An order as its buyer sees it; `status` is its state.",
+        "required": ["order_id", "status"],
+        "properties": {
+            "order_id": {"type": "string"},
+            "status": {"enum": ["pending", "reserved", "rejected", "paid", "cancelled", "expired"]},
+            "session_id": {"type": "string"},
+            "sku": {"type": "string"},
+            "quantity": {"type": "integer"},
+            "unit_price_cents": {"type": "integer"},
+            "total_cents": {"type": "integer"},
+            "expires_at": {"type": ["string", "null"]},
+            "placed_at": {"type": "string"},
+            "updated_at": {"type": "string"},
+            "reason": {"enum": ["sold_out", "limit_exceeded", "not_on_sale"]},
+            "payment_ref": {"type": "string"},
+        },
+    },
+}
+
+_WAIT = Param(
+    "wait",
+    "query",
+    {"type": "number", "minimum": 0},
+    "seconds to wait for a decision (above 10 is capped at 10; not a number: 400)",
+)
+_UNAVAILABLE = problem("Kafka or Redis unavailable; retry (the same key)", "Retry-After")
+_BAD_WAIT = problem("`wait` is not a number of seconds >= 0")
+_NO_SESSION = problem("no such session, or not the caller's")
+_NO_ORDER = problem("no such order, or not the caller's")
+_WRONG_ROLE = problem("the caller's role may not do this")
+
+
+def _order(description: str) -> Reply:
+    return Reply(description, "Order")
+
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("POST", "/v1/sessions/{session_id}/orders"): Operation(
+        "Place an order",
+        {
+            200: _order("a replayed key whose order moved on (paid, cancelled, expired)"),
+            201: _order("reserved"),
+            202: _order("pending: no decision within `wait`"),
+            400: problem("missing or malformed Idempotency-Key, bad `wait`, body not JSON"),
+            403: _WRONG_ROLE,
+            404: _NO_SESSION,
+            409: _order("rejected (`reason`: sold_out, limit_exceeded, not_on_sale)"),
+            422: problem("invalid body, sku not listed, quantity over the limit, key reused"),
+            429: problem("the buyer's token bucket is empty", "Retry-After"),
+            503: _UNAVAILABLE,
+        },
+        roles=("buyer",),
+        body="order-place",
+        params=(
+            Param(
+                "Idempotency-Key",
+                "header",
+                {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                "1-255 printable ASCII characters; scoped per buyer",
+                required=True,
+            ),
+            Param("wait", "query", _WAIT.schema, "seconds to wait for a decision (default 2)"),
+        ),
+    ),
+    ("POST", "/v1/sessions"): Operation(
+        "Create a session",
+        {
+            201: Reply("the session", "Session"),
+            403: problem("wrong role, or a host naming another host"),
+            422: problem("invalid body, or an admin without host_id"),
+            503: _UNAVAILABLE,
+        },
+        roles=("host", "admin"),
+        body="session-create",
+    ),
+    ("GET", "/v1/sessions/{session_id}"): Operation(
+        "A session with its listings",
+        {200: Reply("the session", "Session"), 404: _NO_SESSION, 503: _UNAVAILABLE},
+    ),
+    ("POST", "/v1/sessions/{session_id}/start"): Operation(
+        "Start a session (again: unchanged)",
+        {
+            200: Reply("the session", "Session"),
+            403: _WRONG_ROLE,
+            404: _NO_SESSION,
+            409: problem("the session has ended"),
+            503: _UNAVAILABLE,
+        },
+        roles=("host", "admin"),
+    ),
+    ("POST", "/v1/sessions/{session_id}/end"): Operation(
+        "End a session (again: unchanged)",
+        {
+            200: Reply("the session", "Session"),
+            403: _WRONG_ROLE,
+            404: _NO_SESSION,
+            409: problem("the session never started"),
+            503: _UNAVAILABLE,
+        },
+        roles=("host", "admin"),
+    ),
+    ("POST", "/v1/sessions/{session_id}/listings"): Operation(
+        "List a sku in a session",
+        {
+            201: Reply("the listing", "Listing"),
+            403: _WRONG_ROLE,
+            404: _NO_SESSION,
+            409: problem("the sku is listed already, or the session has ended"),
+            422: problem("invalid body or sale window"),
+            503: _UNAVAILABLE,
+        },
+        roles=("host", "admin"),
+        body="listing-create",
+    ),
+    ("GET", "/v1/orders/{order_id}"): Operation(
+        "An order (long-polls while pending)",
+        {
+            200: _order("the order"),
+            400: _BAD_WAIT,
+            403: _WRONG_ROLE,
+            404: _NO_ORDER,
+            503: _UNAVAILABLE,
+        },
+        roles=("buyer", "admin"),
+        params=(_WAIT,),
+    ),
+    ("POST", "/v1/orders/{order_id}/payment"): Operation(
+        "Pay an order",
+        {
+            200: _order("paid"),
+            202: _order("no outcome from inventory within `wait`"),
+            400: problem("the body is empty or not JSON, or a bad `wait`"),
+            403: _WRONG_ROLE,
+            404: _NO_ORDER,
+            409: _order("not payable (`status` says why), or paid with another payment_ref"),
+            422: problem("invalid body, or amount_cents is not the order's total"),
+            503: _UNAVAILABLE,
+        },
+        roles=("payments", "admin"),
+        body="payment",
+        params=(Param("wait", "query", _WAIT.schema, "seconds to wait (default 10)"),),
+    ),
+    ("POST", "/v1/orders/{order_id}/cancel"): Operation(
+        "Cancel an order (again: 200)",
+        {
+            200: _order("cancelled"),
+            202: _order("no outcome from inventory within `wait`"),
+            400: _BAD_WAIT,
+            403: _WRONG_ROLE,
+            404: _NO_ORDER,
+            409: _order("paid or otherwise final, or its placement not yet published"),
+            503: _UNAVAILABLE,
+        },
+        roles=("buyer", "admin"),
+        params=(Param("wait", "query", _WAIT.schema, "seconds to wait (default 10)"),),
+    ),
+}
 
 
 def _use_cases(request: web.Request) -> UseCases:

@@ -17,6 +17,7 @@ from aiohttp import WSMsgType, web
 from services.common.auth import Principal, bearer_token
 from services.common.background import stop_tasks
 from services.common.clock import now_rfc3339
+from services.common.openapi import Operation, Param, Reply, describe, problem
 from services.common.problems import ProblemError, bad_request, json_response, not_found
 from services.common.web_app import SETTINGS, VERIFIER, open_route, principal
 from services.notifier.access import (
@@ -74,7 +75,270 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/warehouse/{warehouse_id}", page("warehouse.html"))
     app.router.add_get("/leaderboard", page("leaderboard.html"))
     app.router.add_get("/trace/{trace_code}", trace_page)
-    app.router.add_static("/assets/", STATIC_DIR, append_version=False)
+    app.router.add_get("/assets/{filename}", asset)
+    describe(app, OPERATIONS, ANSWER_SCHEMAS)
+
+
+# ------------------------------------------------------------------ OpenAPI (/openapi.json)
+
+_TEXT = {"type": "string"}
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_PICK = {
+    "type": "object",
+    "required": [
+        "pick_id",
+        "order_id",
+        "warehouse_id",
+        "sku",
+        "quantity",
+        "lot_code",
+        "created_at",
+        "trace_code",
+        "status",
+    ],
+    "properties": {
+        "pick_id": _TEXT,
+        "order_id": _TEXT,
+        "warehouse_id": _TEXT,
+        "sku": _TEXT,
+        "quantity": {"type": "integer", "minimum": 1},
+        "lot_code": _TEXT,
+        "created_at": _TEXT,
+        "trace_code": _NULLABLE_TEXT,
+        "status": {"enum": ["open", "done"]},
+        "completed_at": _NULLABLE_TEXT,
+        "completed_by": _NULLABLE_TEXT,
+    },
+}
+_TRACE = {
+    "type": "object",
+    "required": ["trace_code", "sku", "quantity", "lot", "session", "paid_at", "picked_at"],
+    "properties": {
+        "trace_code": _TEXT,
+        "sku": _TEXT,
+        "quantity": {"type": "integer"},
+        "lot": {"type": "object", "required": ["lot_code", "warehouse_id"]},
+        "session": {"type": "object", "required": ["session_id", "title", "pavilion"]},
+        "paid_at": _NULLABLE_TEXT,
+        "picked_at": _NULLABLE_TEXT,
+        "journal_head": _NULLABLE_TEXT,
+    },
+}
+ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Pick": _PICK,
+    "Picks": {
+        "type": "object",
+        "required": ["picks", "next"],
+        "properties": {
+            "picks": {"type": "array", "items": {"$ref": "#/components/schemas/Pick"}},
+            "next": _NULLABLE_TEXT,
+        },
+    },
+    "Waves": {
+        "type": "object",
+        "required": ["waves"],
+        "properties": {
+            "waves": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["wave_id", "sku", "lot_code", "quantity", "picks"],
+                    "properties": {
+                        "picks": {"type": "array", "items": {"$ref": "#/components/schemas/Pick"}}
+                    },
+                },
+            }
+        },
+    },
+    "Leaderboard": {
+        "type": "object",
+        "required": ["sessions"],
+        "properties": {
+            "sessions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["rank", "session_id", "gmv_cents", "paid_orders"],
+                    "properties": {
+                        "rank": {"type": "integer", "minimum": 1},
+                        "session_id": _TEXT,
+                        "gmv_cents": {"type": "integer"},
+                        "paid_orders": {"type": "integer"},
+                        "pavilion": _NULLABLE_TEXT,
+                    },
+                },
+            },
+            "at": _TEXT,
+        },
+    },
+    "PavilionSessions": {
+        "type": "object",
+        "required": ["pavilion", "sessions"],
+        "properties": {
+            "pavilion": _TEXT,
+            "sessions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["session_id", "title", "host_id", "status"],
+                    "properties": {"status": {"enum": ["scheduled", "live", "ended"]}},
+                },
+            },
+        },
+    },
+    "Trace": _TRACE,
+    "OrderTrace": {
+        "type": "object",
+        "required": ["order_id", "traces"],
+        "properties": {
+            "order_id": _TEXT,
+            "traces": {"type": "array", "items": {"$ref": "#/components/schemas/Trace"}},
+        },
+    },
+}
+
+_HTML = Reply("the page", {"type": "string"}, "text/html")
+_WRONG_ROLE = problem("the caller's role may not do this")
+_NOT_A_WATCHER = problem("no such session, or the caller may not watch it (any other role too)")
+_NO_WAREHOUSE = problem("staff of another warehouse")
+_BAD_QUERY = problem("a query parameter out of its range")
+_SOCKET = {
+    101: Reply("switching to the WebSocket protocol (frames: JSON text)"),
+    403: problem("an Origin that is not allowed"),
+    426: problem("not a WebSocket upgrade request", "Upgrade"),
+}
+_SOCKET_AUTH = (
+    "Auth by the Authorization header (refusals are HTTP answers before the upgrade), or "
+    'without it by a first message `{"type": "auth", "token": ...}` within 5 s (refusal: '
+    "close 1008, nothing sent)."
+)
+_CODE = {"type": "string", "minLength": 1, "maxLength": 100}
+_PAVILION = Param("pavilion", "query", {"type": "string"}, "only this pavilion's sessions")
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("GET", "/v1/sessions/{session_id}/live"): Operation(
+        "A session's live snapshots (WebSocket)",
+        {**_SOCKET, 401: problem("a bad token in the header"), 404: _NOT_A_WATCHER},
+        roles=("host", "admin"),
+        auth="header-or-first-message",
+        websocket=True,
+        description=_SOCKET_AUTH,
+    ),
+    ("GET", "/v1/sessions/{session_id}/events"): Operation(
+        "A session's live snapshots (Server-Sent Events)",
+        {
+            200: Reply("an endless event stream", {"type": "string"}, "text/event-stream"),
+            403: problem("an Origin that is not allowed"),
+            404: _NOT_A_WATCHER,
+        },
+        roles=("host", "admin"),
+    ),
+    ("GET", "/v1/warehouses/{warehouse_id}/picks/live"): Operation(
+        "A warehouse's open pick tasks, then each new one (WebSocket)",
+        {
+            **_SOCKET,
+            401: problem("a bad token in the header"),
+            403: problem("an Origin that is not allowed, or a role other than staff or admin"),
+            404: _NO_WAREHOUSE,
+        },
+        roles=("warehouse", "admin"),
+        auth="header-or-first-message",
+        websocket=True,
+        params=(Param("done", "query", {"enum": ["1"]}, "also send pick_done frames"),),
+        description=_SOCKET_AUTH,
+    ),
+    ("GET", "/v1/warehouses/{warehouse_id}/picks"): Operation(
+        "A warehouse's pick tasks, a page at a time",
+        {200: Reply("a page", "Picks"), 400: _BAD_QUERY, 403: _WRONG_ROLE, 404: _NO_WAREHOUSE},
+        roles=("warehouse", "admin"),
+        params=(
+            Param("status", "query", {"enum": ["open", "done"]}, "default open"),
+            Param("limit", "query", {"type": "integer", "minimum": 1}, "default 500"),
+            Param("after", "query", {"type": "string"}, "the `next` of the previous page"),
+        ),
+    ),
+    ("GET", "/v1/warehouses/{warehouse_id}/waves"): Operation(
+        "Open tasks grouped by sku and lot, soonest expiry first",
+        {200: Reply("the waves", "Waves"), 403: _WRONG_ROLE, 404: _NO_WAREHOUSE},
+        roles=("warehouse", "admin"),
+    ),
+    ("POST", "/v1/picks/{pick_id}/complete"): Operation(
+        "Complete a pick task (idempotent)",
+        {
+            200: Reply("the task, done", "Pick"),
+            403: _WRONG_ROLE,
+            404: problem("no such pick task, or another warehouse's"),
+        },
+        roles=("warehouse", "admin"),
+    ),
+    ("GET", "/v1/leaderboard"): Operation(
+        "The promotion contest, ranked by paid GMV",
+        {200: Reply("the board", "Leaderboard"), 400: _BAD_QUERY},
+        params=(
+            Param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 100}, "1-100"),
+            _PAVILION,
+        ),
+    ),
+    ("GET", "/v1/leaderboard/live"): Operation(
+        "The leaderboard's frames (WebSocket)",
+        {**_SOCKET, 400: _BAD_QUERY, 401: problem("a bad token in the header")},
+        auth="header-or-first-message",
+        websocket=True,
+        params=(_PAVILION,),
+        description=_SOCKET_AUTH,
+    ),
+    ("GET", "/v1/pavilions/{pavilion}/sessions"): Operation(
+        "A pavilion's sessions",
+        {200: Reply("the sessions", "PavilionSessions"), 400: _BAD_QUERY},
+        params=(
+            Param(
+                "status",
+                "query",
+                {"enum": ["live", "scheduled", "ended", "all"]},
+                "default: live and scheduled",
+            ),
+        ),
+        path_params={"pavilion": {"type": "string", "minLength": 1}},
+    ),
+    ("GET", "/v1/trace/{trace_code}"): Operation(
+        "The trace behind a box label (no token)",
+        {200: Reply("the trace", "Trace"), 404: problem("no such trace code")},
+        auth="none",
+        path_params={"trace_code": _CODE},
+    ),
+    ("GET", "/v1/orders/{order_id}/trace"): Operation(
+        "The traces of a paid order's boxes",
+        {200: Reply("the traces", "OrderTrace"), 404: problem("no paid order of the caller's")},
+        roles=("buyer", "admin"),
+        description="Any other caller (also of another role) gets 404.",
+    ),
+    ("GET", "/host/{session_id}"): Operation(
+        "The host dashboard (page; token in the URL fragment)", {200: _HTML}, auth="none"
+    ),
+    ("GET", "/warehouse/{warehouse_id}"): Operation(
+        "The pick console (page; token in the URL fragment)", {200: _HTML}, auth="none"
+    ),
+    ("GET", "/leaderboard"): Operation("The leaderboard page", {200: _HTML}, auth="none"),
+    ("GET", "/trace/{trace_code}"): Operation(
+        "The trace as a phone page",
+        {200: _HTML, 404: Reply("the unknown-code page", {"type": "string"}, "text/html")},
+        auth="none",
+        path_params={"trace_code": _CODE},
+    ),
+    ("GET", "/assets/{filename}"): Operation(
+        "The pages' scripts and styles",
+        {
+            200: Reply(
+                "the file",
+                {"type": "string"},
+                ("text/css", "text/javascript", "application/javascript"),
+            ),
+            404: problem("no such asset"),
+        },
+        auth="none",
+        path_params={"filename": {"type": "string", "minLength": 1}},
+    ),
+}
 
 
 # ------------------------------------------------------------------ live sockets
@@ -296,6 +560,9 @@ async def session_events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
+    if request.method == "HEAD":
+        # The headers only: a stream written after them would be read as the next answer.
+        return response
     await response.prepare(request)
     outbox = await feed.subscribe(session_id)
     metrics.clients.labels("session_sse").inc()
@@ -446,6 +713,22 @@ def page(filename: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]
         return _page_response(filename)
 
     return handler
+
+
+# The pages' scripts and styles, by name; nothing else of the folder (no pages, no dot
+# files) is an asset.
+ASSET_SUFFIXES = frozenset({".css", ".js"})
+
+
+@open_route
+async def asset(request: web.Request) -> web.StreamResponse:
+    """A script or style of static/. aiohttp's static route answered a missing file with an
+    empty 404 of no content type; here it is the problem+json every other 404 is."""
+    name = request.match_info["filename"]
+    path = STATIC_DIR / name
+    if name.startswith(".") or path.suffix not in ASSET_SUFFIXES or not path.is_file():
+        raise not_found("no such asset")
+    return web.FileResponse(path)
 
 
 def _page_response(filename: str, status: int = 200) -> web.FileResponse:

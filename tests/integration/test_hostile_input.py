@@ -634,3 +634,36 @@ async def test_first_message_auth_with_odd_claims_closes_1008(
         assert message.type == aiohttp.WSMsgType.CLOSE, (what, path, message)
         assert ws.close_code == 1008, (what, path)
         await ws.close()
+
+
+async def test_assets_answer_files_and_a_problem_for_anything_else(stack: Stack) -> None:
+    """Found by schemathesis: aiohttp's static route answered a missing file with an empty
+    404 of no content type."""
+    async with stack.http.get(f"{stack.notifier.url}/assets/host.css") as response:
+        assert response.status == 200 and response.content_type == "text/css"
+        assert b"{" in await response.read()
+    for name in ("0", "missing.css", "host.html", ".hidden.js", "..", "%2E%2E%2Fapp.py"):
+        async with stack.http.get(f"{stack.notifier.url}/assets/{name}") as response:
+            assert response.status == 404, name
+            assert response.content_type == "application/problem+json", name
+
+
+async def test_head_on_the_session_event_stream_is_headers_only(stack: Stack) -> None:
+    """Found by the authorization matrix: HEAD went on to stream snapshots after the
+    headers, which the client read as a malformed next answer."""
+    session_id = await new_session(stack, uid("host"))
+    url = f"{stack.notifier.url}/v1/sessions/{session_id}/events"
+    async with aiohttp.ClientSession() as fresh:
+
+        async def head() -> int:
+            async with fresh.head(url, headers=auth("admin", "ops")) as response:
+                return response.status
+
+        # The session reaches the notifier through Kafka; then HEAD is a clean 200.
+        assert await eventually(lambda: _is_200(head), what="HEAD events 200")
+        async with fresh.get(f"{stack.notifier.url}/healthz") as after:
+            assert after.status == 200, "the connection after the HEAD answer is sound"
+
+
+async def _is_200(call: Any) -> bool:
+    return bool(await call() == 200)
