@@ -227,6 +227,8 @@ def _operation(path: str, op: Operation, body_schemas: dict[str, dict[str, Any]]
         "a body over LC_MAX_BODY_BYTES"
         + ("" if op.body else ", or a body on a route that takes none (over 1 KiB or chunked)")
     )
+    if op.auth == "bearer":
+        answers[503] = problem("Redis or the broker unavailable: retry shortly (Retry-After)")
     if op.body:
         answers[400] = problem("the body is empty or not JSON")
         answers[408] = problem("the body did not arrive within LC_BODY_READ_TIMEOUT_S")

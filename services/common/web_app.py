@@ -20,7 +20,9 @@ from typing import Any, TypeVar
 import orjson
 import uvloop
 from aiohttp import web
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
 
 from services.common.auth import Principal, Role, TokenVerifier, authenticate, require_role
 from services.common.identifiers import ID_RULE, is_valid_id
@@ -115,6 +117,17 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         response = problem_response(
             exc.status, exc.reason, exc.text or exc.reason, headers=_keep_headers(exc)
+        )
+    except (RedisError, KafkaError) as exc:
+        # Redis or the broker away (a restart, a failover): a clear 503 the client may
+        # retry, not a 500. Every write is one atomic step or safe to repeat, so nothing
+        # half-done is left behind (live_orders says how to retry an order).
+        log.warning("backend unavailable", extra={"path": request.path, "error": repr(exc)})
+        response = problem_response(
+            503,
+            "Service Unavailable",
+            "a backend is unavailable; retry shortly",
+            headers={"Retry-After": "1"},
         )
     except Exception as exc:
         if isinstance(exc, ConnectionError) and request.transport is None:

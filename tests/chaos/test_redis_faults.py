@@ -132,3 +132,33 @@ async def test_lost_and_late_redis_replies_apply_nothing_twice_and_lose_nothing(
         final_states=[body["status"] for body in orders.values()],
     )
     assert report.differences == []
+
+
+async def test_every_service_answers_a_clear_503_while_redis_is_unreachable(
+    proxy: FaultProxy, order_path: Callable[..., Awaitable[SaleClient]]
+) -> None:
+    through_proxy = {"redis_url": proxy.url, "redis_timeout_s": TIMEOUT_S}
+    client = await order_path(inventory=through_proxy, live_orders=through_proxy)
+    sku = "tea-unreachable"
+    session_id = await client.start_sale(
+        sku, units=5, host_id="host-rf", price_cents=900, per_user_limit=1
+    )
+    await proxy.stop()  # connections refused from now on
+    inventory = await client.call(
+        "GET", f"{client.endpoints.inventory}/v1/skus/{sku}", headers=client.headers("admin", "ops")
+    )
+    order = await client.place_order(
+        buyer="b-down", session_id=session_id, sku=sku, quantity=1, key="k-down", wait=1
+    )
+    for answer in (inventory, order):
+        assert answer.status == 503, answer
+        assert answer.body["status"] == 503 and answer.body["title"] == "Service Unavailable"
+    await proxy.start()  # Redis reachable again: the same key now makes the order
+
+    async def placed() -> bool:
+        again = await client.place_order(
+            buyer="b-down", session_id=session_id, sku=sku, quantity=1, key="k-down", wait=2
+        )
+        return again.status == 201
+
+    await eventually(placed, what="the order placed once Redis is back")
