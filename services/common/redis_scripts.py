@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
@@ -53,9 +54,12 @@ class LuaScript:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-def create_redis(url: str, timeout_s: float = 5.0) -> Redis:
+def create_redis(
+    url: str, timeout_s: float = 5.0, security: Mapping[str, Any] | None = None
+) -> Redis:
     """A client with timeouts that let a dead Redis surface as an error within seconds
-    (readiness turns 503) instead of hanging a request."""
+    (readiness turns 503) instead of hanging a request. `security`: password, username,
+    ssl_ca_certs (transport_security.redis_security_kwargs), over what the URL says."""
     # A blocking pool: during a burst, requests queue for a connection (bounded wait)
     # instead of failing with "too many connections".
     pool = BlockingConnectionPool.from_url(
@@ -72,6 +76,7 @@ def create_redis(url: str, timeout_s: float = 5.0) -> Redis:
         retry=Retry(
             ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError,)
         ),
+        **(security or {}),
     )
     # from_pool: the client owns the pool, so `aclose()` also disconnects its connections
     # (`Redis(connection_pool=pool)` would leave them open).
