@@ -77,7 +77,7 @@ bench-aio-burst: up ## bursts from an aiohttp client, 202s followed up: decided 
 # The soak runs its own stack (own run dir and ports, so a running `make up` is left alone)
 # with short retentions, and stops it afterwards. Kafka's retention check interval stays
 # the broker's 5 min: LC_REPLAY_SLACK_MS is short here only to keep the run short.
-SOAK_RUN_DIR := .run/soak
+SOAK_RUN_DIR := $(CURDIR)/.run/soak
 SOAK_ENV := LC_RUN_DIR=$(SOAK_RUN_DIR) LC_KAFKA_PORT=19092 LC_KAFKA_CONTROLLER_PORT=19093 \
   LC_REDIS_PORT=16379 LC_LIVE_ORDERS_PORT=18081 LC_INVENTORY_PORT=18082 LC_NOTIFIER_PORT=18083 \
   LC_TOPIC_RETENTION_MS=60000 LC_TOPIC_SEGMENT_MS=60000 LC_REPLAY_SLACK_MS=30000 \

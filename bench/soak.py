@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 from bench.flash_sale import Endpoints, SaleClient
 from bench.load_report import append, machine
 from bench.procstat import ProcError, rss_kib, stack_pids
-from bench.wrk_runner import WrkPlan, run_wrk, write_tokens
+from bench.wrk_runner import WrkError, WrkPlan, run_wrk, write_tokens
 from services.common.auth import mint_token
 from services.common.mint_token import read_env_file
 
@@ -245,7 +245,7 @@ async def wrk_orders(
         nonce=f"soak-{nonce}",
         connections=args.connections,
         threads=2,
-        duration_s=args.window * 10 + 120,
+        duration_s=int(args.window * 10) + 120,
         timeout_s=10,
         quota=attempts,
         window_s=args.window,
@@ -402,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         entry = asyncio.run(soak(args))
-    except (SoakError, ProcError, FileNotFoundError, aiohttp.ClientError) as exc:
+    except (SoakError, ProcError, WrkError, FileNotFoundError, aiohttp.ClientError) as exc:
         print(f"soak: {exc}")
         return 1
     print()
