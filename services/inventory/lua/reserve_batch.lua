@@ -32,7 +32,7 @@ local orders_due, buyers_due = KEYS[5], KEYS[6]
 local now = tonumber(ARGV[1])
 local deadline = now + tonumber(ARGV[2])
 local offset_field = ARGV[3]
-local keep_until = now + tonumber(ARGV[4])
+local drop_at = now + tonumber(ARGV[4])
 
 local applied = tonumber(redis.call('HGET', stock, offset_field) or '-1')
 local highest = applied
@@ -50,7 +50,7 @@ for i = 5, #ARGV, 7 do
     -- what was decided then, change nothing (but keep a final decision as long as this
     -- replayed event can come again).
     if cjson.decode(stored).s ~= 'reserved' then
-      redis.call('ZADD', orders_due, 'GT', keep_until, order_id)
+      redis.call('ZADD', orders_due, 'GT', drop_at, order_id)
     end
     results[#results + 1] = {order_id, 0, stored}
   elseif offset <= applied then
@@ -83,7 +83,7 @@ for i = 5, #ARGV, 7 do
     local encoded = cjson.encode(record)
     redis.call('HSET', orders, order_id, encoded)
     if record.s == 'rejected' then
-      redis.call('ZADD', orders_due, 'GT', keep_until, order_id)
+      redis.call('ZADD', orders_due, 'GT', drop_at, order_id)
     end
     results[#results + 1] = {order_id, 1, encoded}
   end
