@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 
 .PHONY: help install system-deps fetch up down ps logs demo test test-unit test-integration \
         up-cluster down-cluster ps-cluster test-cluster \
-        lint typecheck fmt check bench bench-lua bench-aio-burst token journal-verify reconcile \
+        lint typecheck fmt check bench bench-lua bench-aio-burst soak token journal-verify reconcile \
         chaos clean
 
 help: ## list the targets
@@ -92,6 +92,22 @@ bench-lua: up ## decided orders/s by orders per Lua call (StockStore.reserve_bat
 
 bench-aio-burst: up ## bursts from an aiohttp client, 202s followed up: decided vs fast-path latency
 	@$(PY) -m bench.reserve_burst --env-file .run/stack.env
+
+# The soak runs its own stack (own run dir and ports, so a running `make up` is left alone)
+# with short retentions, and stops it afterwards. Kafka's retention check interval stays
+# the broker's 5 min: LC_REPLAY_SLACK_MS is short here only to keep the run short.
+SOAK_RUN_DIR := $(CURDIR)/.run/soak
+SOAK_ENV := LC_RUN_DIR=$(SOAK_RUN_DIR) LC_KAFKA_PORT=19092 LC_KAFKA_CONTROLLER_PORT=19093 \
+  LC_REDIS_PORT=16379 LC_LIVE_ORDERS_PORT=18081 LC_INVENTORY_PORT=18082 LC_NOTIFIER_PORT=18083 \
+  LC_TOPIC_RETENTION_MS=60000 LC_TOPIC_SEGMENT_MS=60000 LC_REPLAY_SLACK_MS=30000 \
+  LC_RESERVATION_TTL_S=30 LC_ORDER_RETENTION_S=60 LC_PICK_RETENTION_S=60 LC_TRACE_RETENTION_S=180
+SOAK_ARGS ?=
+
+soak: install fetch ## 200,000 orders on a short-retention stack: Redis memory before/peak/after retention, RSS (SOAK_ARGS=...)
+	@env $(SOAK_ENV) $(PY) -m deploy.local.stack down >/dev/null 2>&1; rm -rf $(SOAK_RUN_DIR)
+	@env $(SOAK_ENV) $(PY) -m deploy.local.stack up
+	@env $(SOAK_ENV) $(PY) -m bench.soak --env-file $(SOAK_RUN_DIR)/stack.env --run-dir $(SOAK_RUN_DIR) $(SOAK_ARGS); \
+	  status=$$?; env $(SOAK_ENV) $(PY) -m deploy.local.stack down; exit $$status
 
 token: $(STAMP) ## mint a token: make token ROLE=host SUB=host-1 [WAREHOUSE=wh-1]
 	@$(PY) -m services.common.mint_token --env-file .run/stack.env --role $(ROLE) --sub $(SUB) \

@@ -31,6 +31,7 @@ from services.common.events import Envelope, InvalidEvent, Publisher, receive
 from services.common.messages import EventDeadLettered, Message
 from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
+from services.common.transport_security import kafka_security_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class ConsumerRunner:
             heartbeat_interval_ms=1_000,
             fetch_max_wait_ms=self._settings.kafka_fetch_max_wait_ms,
             fetch_min_bytes=self._fetch_min_bytes,
+            **kafka_security_kwargs(self._settings),
         )
         self._consumer.subscribe(self._topics, listener=_Rebalance(self))
         await self._consumer.start()

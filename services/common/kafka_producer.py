@@ -15,6 +15,7 @@ from services.common.events import Envelope, encode
 from services.common.messages import Message
 from services.common.metrics import PlatformMetrics
 from services.common.settings import Settings
+from services.common.transport_security import kafka_security_kwargs
 
 
 class KeyHashPartitioner:
@@ -53,6 +54,7 @@ def create_producer(settings: Settings) -> AIOKafkaProducer:
         # Also bounds how long send() waits for buffer room or metadata, so a publish
         # never waits past LC_PUBLISH_TIMEOUT_S before its delivery is even pending.
         request_timeout_ms=max(int(settings.publish_timeout_s * 1000), 1000),
+        **kafka_security_kwargs(settings),
     )
 
 

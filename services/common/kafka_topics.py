@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.common.settings import Settings
+from services.common.transport_security import kafka_security_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,17 @@ def min_insync_replicas(settings: Settings) -> int | None:
 
 def topic_specs(settings: Settings) -> list[NewTopic]:
     topics = Topics.with_prefix(settings.topic_prefix)
+    # segment.ms bounds how long past retention.ms a record stays readable (a segment is
+    # deleted whole): Settings.replay_window_ms, how long dedup entries are kept, counts on it.
+    retention = {
+        "retention.ms": str(settings.topic_retention_ms),
+        "segment.ms": str(settings.segment_ms),
+    }
     replicated: dict[str, str] = {}
     min_isr = min_insync_replicas(settings)
     if min_isr is not None:
         replicated["min.insync.replicas"] = str(min_isr)
-    retention = {"retention.ms": str(settings.topic_retention_ms), **replicated}
+    retention.update(replicated)
     specs = [
         NewTopic(
             name,
@@ -75,7 +82,9 @@ async def ensure_topics(settings: Settings) -> list[str]:
     """Create the missing topics; returns the names it created. Safe to run concurrently
     from every service: a topic another process created first is simply left alone."""
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka_bootstrap, client_id=f"{settings.instance_id}-admin"
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=f"{settings.instance_id}-admin",
+        **kafka_security_kwargs(settings),
     )
     await admin.start()
     try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+from collections.abc import Mapping
 from importlib import resources
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
@@ -90,12 +91,19 @@ def _retry() -> Retry:
     )
 
 
-def create_redis(url: str, timeout_s: float = 5.0, *, cluster: bool = False) -> RedisClient:
+def create_redis(
+    url: str,
+    timeout_s: float = 5.0,
+    *,
+    cluster: bool = False,
+    security: Mapping[str, Any] | None = None,
+) -> RedisClient:
     """A client with timeouts that let a dead Redis surface as an error within seconds
     (readiness turns 503) instead of hanging a request. `cluster` (or a cluster URL):
-    a `RedisCluster` seeded from the URL's nodes."""
+    a `RedisCluster` seeded from the URL's nodes. `security`: password, username,
+    ssl_ca_certs (transport_security.redis_security_kwargs), over what the URL says."""
     if cluster or is_cluster_url(url):
-        return create_redis_cluster(url, timeout_s)
+        return create_redis_cluster(url, timeout_s, security)
     # A blocking pool: during a burst, requests queue for a connection (bounded wait)
     # instead of failing with "too many connections".
     pool = BlockingConnectionPool.from_url(
@@ -106,6 +114,7 @@ def create_redis(url: str, timeout_s: float = 5.0, *, cluster: bool = False) -> 
         socket_connect_timeout=2,
         health_check_interval=5,
         retry=_retry(),
+        **(security or {}),
     )
     # from_pool: the client owns the pool, so `aclose()` also disconnects its connections
     # (`Redis(connection_pool=pool)` would leave them open).
@@ -125,7 +134,9 @@ def cluster_seeds(url: str) -> list[tuple[str, int]]:
     return seeds
 
 
-def create_redis_cluster(url: str, timeout_s: float = 5.0) -> RedisCluster:
+def create_redis_cluster(
+    url: str, timeout_s: float = 5.0, security: Mapping[str, Any] | None = None
+) -> RedisCluster:
     """The cluster client. Per node it keeps up to 256 connections (redis-py's cluster
     pools do not queue: past the limit a command fails), the same timeouts as a single
     node, and retries connection errors, CLUSTERDOWN and a slot without a node after
@@ -144,4 +155,5 @@ def create_redis_cluster(url: str, timeout_s: float = 5.0) -> RedisCluster:
         socket_connect_timeout=2,
         health_check_interval=5,
         retry=_retry(),
+        **(security or {}),
     )

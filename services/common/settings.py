@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -63,7 +64,9 @@ def _read(env: Mapping[str, str], name: str, parse: Callable[[str], T], default:
     try:
         return parse(raw)
     except ValueError as exc:
-        raise SettingsError(f"{name}={raw!r} is malformed: {exc}") from exc
+        # The value itself is shown unless it is (or may carry) a secret.
+        shown = MASK if name in SECRET_VARIABLES else repr(raw)
+        raise SettingsError(f"{name}={shown} is malformed: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,54 @@ class Settings:
     # key of its own (see inventory.domain.trace_key). Changing it changes the code of
     # every task re-sent afterwards: set it once and keep it.
     trace_secret: str = ""
+    # -- retention of what grows per order or per pick (docs/operations.md "Retention")
+    # Kafka deletes a whole segment once its newest record is past retention.ms, so a
+    # record stays readable up to retention + segment.ms + the broker's retention check
+    # interval (log.retention.check.interval.ms, 5 min by default): that sum is the replay
+    # window every dedup and decision entry is kept for (`replay_window_ms`). New topics
+    # get segment.ms = min(LC_TOPIC_SEGMENT_MS, LC_TOPIC_RETENTION_MS).
+    topic_segment_ms: int = 24 * 3600 * 1000
+    replay_slack_ms: int = 5 * 60 * 1000
+    # A completed pick stays in its warehouse's `done` list this long.
+    pick_retention_s: int = 7 * 24 * 3600
+    # A box's trace (the pick task, its code, the order's picks and buyer) stays readable
+    # this long after the pick was completed: longer than anyone keeps a box of crabs,
+    # a bag of rice or a tin of tea around to scan it, with room for a complaint.
+    trace_retention_s: int = 400 * 24 * 3600
+    # -- transport security (docs/operations.md "Transport security")
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ssl_cafile: str = ""
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
+    redis_username: str = ""
+    redis_password: str = ""
+    redis_ssl_cafile: str = ""
+
+    def __repr__(self) -> str:
+        # Settings get printed (a debugger, a failed test, a log line): never the secrets.
+        shown = []
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            if spec.name in SECRET_FIELDS and value:
+                value = MASK
+            elif spec.name == "redis_url":
+                value = mask_url_password(value)
+            shown.append(f"{spec.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @property
+    def replay_window_ms(self) -> int:
+        """How long after an event Kafka may still deliver it (see topic_segment_ms):
+        dedup and decision entries are kept this long after the last event needing them."""
+        return self.topic_retention_ms + self.segment_ms + self.replay_slack_ms
+
+    @property
+    def segment_ms(self) -> int:
+        """segment.ms of the topics this process creates."""
+        return min(self.topic_segment_ms, self.topic_retention_ms)
 
     @property
     def trace_key_secret(self) -> str:
@@ -178,11 +229,95 @@ class Settings:
             redis_timeout_s=_read(env, "LC_REDIS_TIMEOUT_S", _positive_float, 5.0),
             handler_timeout_s=_read(env, "LC_HANDLER_TIMEOUT_S", _positive_float, 30.0),
             trace_secret=_read(env, "LC_TRACE_SECRET", _secret, ""),
-        )
+            topic_segment_ms=_read(env, "LC_TOPIC_SEGMENT_MS", _positive_int, 24 * 3600 * 1000),
+            replay_slack_ms=_read(env, "LC_REPLAY_SLACK_MS", _non_negative_int, 5 * 60 * 1000),
+            pick_retention_s=_read(env, "LC_PICK_RETENTION_S", _positive_int, 7 * 24 * 3600),
+            trace_retention_s=_read(env, "LC_TRACE_RETENTION_S", _positive_int, 400 * 24 * 3600),
+            kafka_security_protocol=_read(
+                env, "LC_KAFKA_SECURITY_PROTOCOL", _kafka_protocol, "PLAINTEXT"
+            ),
+            kafka_sasl_mechanism=_read(env, "LC_KAFKA_SASL_MECHANISM", _sasl_mechanism, ""),
+            kafka_sasl_username=_read(env, "LC_KAFKA_SASL_USERNAME", str, ""),
+            kafka_sasl_password=_read(env, "LC_KAFKA_SASL_PASSWORD", str, ""),
+            kafka_ssl_cafile=_read(env, "LC_KAFKA_SSL_CAFILE", str, ""),
+            kafka_ssl_certfile=_read(env, "LC_KAFKA_SSL_CERTFILE", str, ""),
+            kafka_ssl_keyfile=_read(env, "LC_KAFKA_SSL_KEYFILE", str, ""),
+            redis_username=_read(env, "LC_REDIS_USERNAME", str, ""),
+            redis_password=_read(env, "LC_REDIS_PASSWORD", str, ""),
+            redis_ssl_cafile=_read(env, "LC_REDIS_SSL_CAFILE", str, ""),
+        )._checked()
+
+    def _checked(self) -> Settings:
+        """Rules between settings, each naming the variable to change."""
+        if self.trace_retention_s * 1000 < self.replay_window_ms:
+            raise SettingsError(
+                f"LC_TRACE_RETENTION_S={self.trace_retention_s} is shorter than the topics' "
+                f"replay window ({self.replay_window_ms // 1000} s): a replayed "
+                "pick.requested would reopen a forgotten task"
+            )
+        if self.trace_retention_s < self.pick_retention_s:
+            raise SettingsError(
+                f"LC_TRACE_RETENTION_S={self.trace_retention_s} is shorter than "
+                f"LC_PICK_RETENTION_S={self.pick_retention_s}: a listed pick would lose its task"
+            )
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        if sasl and not (self.kafka_sasl_mechanism and self.kafka_sasl_username):
+            raise SettingsError(
+                f"LC_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "LC_KAFKA_SASL_MECHANISM and LC_KAFKA_SASL_USERNAME"
+            )
+        if self.kafka_sasl_mechanism and not sasl:
+            raise SettingsError(
+                "LC_KAFKA_SASL_MECHANISM is set but LC_KAFKA_SECURITY_PROTOCOL="
+                f"{self.kafka_security_protocol} is not SASL_PLAINTEXT or SASL_SSL"
+            )
+        tls_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if any(tls_files) and not self.kafka_security_protocol.endswith("SSL"):
+            raise SettingsError(
+                "LC_KAFKA_SSL_* is set but LC_KAFKA_SECURITY_PROTOCOL="
+                f"{self.kafka_security_protocol} is not SSL or SASL_SSL"
+            )
+        if self.redis_ssl_cafile and not self.redis_url.startswith("rediss://"):
+            raise SettingsError("LC_REDIS_SSL_CAFILE is set but LC_REDIS_URL is not rediss://")
+        return self
 
     def replace(self, **changes: object) -> Settings:
         """A copy with some fields changed (tests and the bench build variants this way)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+# Fields whose values never appear in a repr, a log line or an error message.
+SECRET_FIELDS = frozenset({"jwt_secret", "trace_secret", "kafka_sasl_password", "redis_password"})
+SECRET_VARIABLES = frozenset(
+    {
+        "LC_JWT_SECRET",
+        "LC_TRACE_SECRET",
+        "LC_KAFKA_SASL_PASSWORD",
+        "LC_REDIS_PASSWORD",
+        "LC_REDIS_URL",
+    }
+)
+MASK = "***"
+_URL_PASSWORD = re.compile(r"^(?P<head>[a-z]+://[^:@/]*:)[^@/]*@")
+
+
+def mask_url_password(url: str) -> str:
+    """`redis://user:secret@host` -> `redis://user:***@host` (other URLs unchanged)."""
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", url)
+
+
+def _kafka_protocol(raw: str) -> str:
+    value = raw.upper()
+    if value not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+        raise ValueError("must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    return value
+
+
+def _sasl_mechanism(raw: str) -> str:
+    value = raw.upper()
+    if value not in {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}:
+        raise ValueError("must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    return value
 
 
 def _secret(raw: str) -> str:

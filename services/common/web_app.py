@@ -53,6 +53,7 @@ from services.common.readiness import Readiness, kafka_check, redis_check
 from services.common.redis_scripts import RedisClient, create_redis
 from services.common.schemas import first_error, integer_fields
 from services.common.settings import Settings, SettingsError
+from services.common.transport_security import redis_security_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -358,7 +359,10 @@ async def platform_context(app: web.Application) -> AsyncIterator[None]:
     """Redis client, topics and the Kafka producer, for the app's lifetime."""
     settings = app[SETTINGS]
     redis = create_redis(
-        settings.redis_url, timeout_s=settings.redis_timeout_s, cluster=settings.redis_cluster
+        settings.redis_url,
+        timeout_s=settings.redis_timeout_s,
+        cluster=settings.redis_cluster,
+        security=redis_security_kwargs(settings),
     )
     await ensure_topics(settings)
     producer = create_producer(settings)

@@ -25,6 +25,7 @@ from services.inventory.hold_sweeper import HoldSweeper, OutboxPublisher
 from services.inventory.http_api import add_routes
 from services.inventory.journal_store import JournalStore
 from services.inventory.metrics import InventoryMetrics
+from services.inventory.retention_sweeper import RetentionSweeper
 from services.inventory.stock_store import StockStore
 
 
@@ -48,7 +49,7 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
     metrics = app[INVENTORY_METRICS]
     store = StockStore(app[REDIS], settings)
     app[STOCK_STORE] = store
-    journals = JournalStore(app[REDIS], settings.redis_prefix)
+    journals = JournalStore(app[REDIS], settings.redis_prefix, settings.replay_window_ms)
     app[JOURNAL_STORE] = journals
 
     handlers = EventHandlers(
@@ -84,6 +85,7 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(sweeper.run(), name="inventory:sweeper"),
         asyncio.create_task(outbox.run(), name="inventory:outbox"),
+        asyncio.create_task(RetentionSweeper(store=store).run(), name="inventory:retention"),
     ]
     try:
         yield

@@ -77,6 +77,8 @@ class StockLedger(Protocol):
 
     async def track_holds(self, skus: Sequence[str]) -> None: ...
 
+    async def track_retention(self, skus: Sequence[str]) -> None: ...
+
 
 class LotJournals(Protocol):
     """What the handlers need of the lot journals (JournalStore in Redis)."""
@@ -198,8 +200,10 @@ class EventHandlers:
         # The sweeper must know about every sku that holds units before the offsets are
         # committed (not before the outcomes go out): both at once, one round trip less
         # before the buyers hear. On a replay this re-stamps the skus, which is harmless.
+        # Every sku of the batch may now have decisions or journal keys to drop some day.
         await asyncio.gather(
             self._store.track_holds([r.sku for r in results if r.holds]),
+            self._store.track_retention([r.sku for r in results]),
             self._publisher.publish_many(messages),
         )
 

@@ -4,7 +4,8 @@
 
 Prints `{"ok": ..., "entries": N, "first_bad_seq": ...}` and exits 0 when the chain holds,
 1 when it is broken, 2 when there is no such lot. Redis comes from LC_REDIS_URL and
-LC_REDIS_PREFIX (or `--env-file`), with the services' defaults.
+LC_REDIS_PREFIX (or `--env-file`), with the services' defaults, and LC_REDIS_PASSWORD,
+LC_REDIS_USERNAME and LC_REDIS_SSL_CAFILE when set.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -26,8 +28,14 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_REDIS_PREFIX = "lc:"
 
 
-async def verify(redis_url: str, prefix: str, sku: str, lot_code: str) -> int:
-    redis = create_redis(redis_url)
+async def verify(
+    redis_url: str,
+    prefix: str,
+    sku: str,
+    lot_code: str,
+    security: dict[str, Any] | None = None,
+) -> int:
+    redis = create_redis(redis_url, security=security)
     try:
         journal = await JournalStore(redis, prefix).read(sku, lot_code)
     finally:
@@ -53,7 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     env = read_env_file(args.env_file) if args.env_file else dict(os.environ)
     redis_url = env.get("LC_REDIS_URL") or DEFAULT_REDIS_URL
     prefix = env.get("LC_REDIS_PREFIX") or DEFAULT_REDIS_PREFIX
-    return asyncio.run(verify(redis_url, prefix, args.sku, args.lot))
+    # As the services connect (transport_security.redis_security_kwargs).
+    security: dict[str, Any] = {
+        option: env[variable]
+        for option, variable in (
+            ("password", "LC_REDIS_PASSWORD"),
+            ("username", "LC_REDIS_USERNAME"),
+            ("ssl_ca_certs", "LC_REDIS_SSL_CAFILE"),
+        )
+        if env.get(variable)
+    }
+    return asyncio.run(verify(redis_url, prefix, args.sku, args.lot, security))
 
 
 if __name__ == "__main__":

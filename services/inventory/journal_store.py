@@ -17,6 +17,7 @@ from typing import Any, Literal, cast
 
 import orjson
 
+from services.common.clock import epoch_ms
 from services.common.redis_scripts import LuaScript, RedisClient
 from services.inventory.lot_journal import (
     EntryType,
@@ -39,10 +40,15 @@ class JournalConflict(RuntimeError):
     """The head kept moving under every attempt."""
 
 
+# A dedup key outlives every event that may append under it again (Settings.replay_window_ms).
+DEFAULT_KEEP_MS = 8 * 24 * 3600 * 1000
+
+
 class JournalStore:
-    def __init__(self, redis: RedisClient, prefix: str) -> None:
+    def __init__(self, redis: RedisClient, prefix: str, keep_ms: int = DEFAULT_KEEP_MS) -> None:
         self._redis = redis
         self._prefix = prefix
+        self._keep_ms = keep_ms
         self._append = LuaScript(LUA, "append_journal.lua")
 
     def keys(self, sku: str) -> SkuKeys:
@@ -65,14 +71,18 @@ class JournalStore:
         at: str,
         data: dict[str, Any],
         dedup_key: str,
+        now_ms: int | None = None,
     ) -> JournalAppend | None:
-        """Append an entry once per `dedup_key`; None when the lot does not exist."""
+        """Append an entry once per `dedup_key`; None when the lot does not exist. The
+        key is kept for the replay window from `now_ms` (default: now)."""
+        keep_until = (epoch_ms() if now_ms is None else now_ms) + self._keep_ms
         k = self.keys(sku)
         keys: list[str | bytes] = [
             k.lots,
             k.journal(lot_code),
             k.journal_heads,
             k.journal_dedup(lot_code),
+            k.journal_dedup_due(lot_code),
         ]
         head = await self.head(sku, lot_code)
         for _ in range(MAX_ATTEMPTS):
@@ -87,6 +97,7 @@ class JournalStore:
                     dedup_key,
                     canonical_json(entry.as_dict()),
                     entry.hash,
+                    keep_until,
                 ],
             )
             state = _text(status)

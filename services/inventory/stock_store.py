@@ -6,15 +6,24 @@ so each script touches one Redis Cluster slot):
     inv:{<sku>}:stock    hash received/available/reserved/sold, v (version, +1 on every
                          counter change) + off:<topic>:<partition>
     inv:{<sku>}:orders   hash order_id -> record (decision + state), see domain.OrderRecord
+    inv:{<sku>}:orders-due  sorted set order_id -> epoch ms the final record may be dropped
     inv:{<sku>}:buyers   hash buyer_id -> units reserved + paid (the per-user limit)
+    inv:{<sku>}:buyers-due  sorted set buyer_id -> epoch ms its units may be dropped
     inv:{<sku>}:holds    sorted set order_id -> payment deadline (epoch ms)
     inv:{<sku>}:lots     hash lot_code -> lot JSON
     inv:{<sku>}:outbox   hash order_id -> expiry released by the sweeper, not yet published
     inv:{<sku>}:journal:<lot_code>        list: the lot's journal entries (journal_store)
     inv:{<sku>}:journal-heads             hash lot_code -> hash of its last journal entry
     inv:{<sku>}:journal-dedup:<lot_code>  hash dedup key -> seq of the entry it appended
+    inv:{<sku>}:journal-dedup-due:<lot_code>  sorted set dedup key -> epoch ms it may go
     inv:{holds-index}:skus  sorted set of skus that may hold units (where the sweeper looks)
     inv:{holds-index}:seq   counter for the index stamps
+    inv:{retention-index}:skus  set of skus that may have entries scheduled to be dropped
+
+Retention: what grows per order (records, buyer units, journal dedup keys) is kept for the
+topics' replay window (`Settings.replay_window_ms`) after the last event that may need it,
+scheduled in the `*-due` sorted sets by the scripts that write it, and dropped by the
+decision sweep (retention_sweeper.py). Journals themselves are never trimmed.
 """
 
 from __future__ import annotations
@@ -49,6 +58,18 @@ from services.inventory.domain import (
 )
 
 LUA = "services.inventory.lua"
+COMMON_LUA = "services.common.lua"
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionSweep:
+    """What one forget_decisions call dropped, and what stays scheduled."""
+
+    orders_dropped: int
+    buyers_dropped: int
+    orders_scheduled: int
+    buyers_scheduled: int
+
 
 # The version `v` is read with the counters (one HMGET), so it always names that state.
 LEVEL_FIELDS = ("received", "available", "reserved", "sold", "v")
@@ -76,8 +97,16 @@ class SkuKeys:
         return self.base + "orders"
 
     @property
+    def orders_due(self) -> str:
+        return self.base + "orders-due"
+
+    @property
     def buyers(self) -> str:
         return self.base + "buyers"
+
+    @property
+    def buyers_due(self) -> str:
+        return self.base + "buyers-due"
 
     @property
     def holds(self) -> str:
@@ -101,12 +130,16 @@ class SkuKeys:
     def journal_dedup(self, lot_code: str) -> str:
         return f"{self.base}journal-dedup:{lot_code}"
 
+    def journal_dedup_due(self, lot_code: str) -> str:
+        return f"{self.base}journal-dedup-due:{lot_code}"
+
 
 class StockStore:
     def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self._redis = redis
         self._prefix = settings.redis_prefix
         self._ttl_ms = round(settings.reservation_ttl_s * 1000)
+        self._keep_ms = settings.replay_window_ms
         self._reserve_batch = LuaScript(LUA, "reserve_batch.lua")
         self._commit = LuaScript(LUA, "commit.lua")
         self._release = LuaScript(LUA, "release.lua")
@@ -114,6 +147,8 @@ class StockStore:
         self._upsert_lot = LuaScript(LUA, "upsert_lot.lua")
         self._track_holds = LuaScript(LUA, "track_holds.lua")
         self._forget_sku = LuaScript(LUA, "forget_sku.lua")
+        self._forget_decisions = LuaScript(LUA, "forget_decisions.lua")
+        self._forget_due = LuaScript(COMMON_LUA, "forget_due.lua")
 
     def keys(self, sku: str) -> SkuKeys:
         return SkuKeys(self._prefix, sku)
@@ -125,6 +160,10 @@ class StockStore:
     @property
     def index_seq_key(self) -> str:
         return f"{self._prefix}inv:{{holds-index}}:seq"
+
+    @property
+    def retention_index_key(self) -> str:
+        return f"{self._prefix}inv:{{retention-index}}:skus"
 
     # -- decisions (one script call each)
 
@@ -139,7 +178,12 @@ class StockStore:
     ) -> ReserveBatchResult:
         """Decide consecutive order.placed of one sku, in the given (offset) order."""
         k = self.keys(sku)
-        args: list[ArgT] = [_now(now_ms), self._ttl_ms, _offset_field(topic, partition)]
+        args: list[ArgT] = [
+            _now(now_ms),
+            self._ttl_ms,
+            _offset_field(topic, partition),
+            self._keep_ms,
+        ]
         for order in orders:
             args += [
                 order.offset,
@@ -151,7 +195,7 @@ class StockStore:
                 order.total_cents,
             ]
         levels, rows = await self._reserve_batch(
-            self._redis, [k.stock, k.orders, k.buyers, k.holds], args
+            self._redis, [k.stock, k.orders, k.buyers, k.holds, k.orders_due, k.buyers_due], args
         )
         offsets = {order.order_id: order.offset for order in orders}
         decisions: list[ReservationDecision] = []
@@ -185,8 +229,15 @@ class StockStore:
         k = self.keys(sku)
         reply = await self._commit(
             self._redis,
-            [k.stock, k.orders, k.buyers, k.holds, k.lots],
-            [_now(now_ms), _offset_field(topic, partition), offset, order_id, payment_ref],
+            [k.stock, k.orders, k.buyers, k.holds, k.lots, k.orders_due, k.buyers_due],
+            [
+                _now(now_ms),
+                _offset_field(topic, partition),
+                offset,
+                order_id,
+                payment_ref,
+                self._keep_ms,
+            ],
         )
         return _hold_outcome(order_id, reply)
 
@@ -204,8 +255,8 @@ class StockStore:
         k = self.keys(sku)
         reply = await self._release(
             self._redis,
-            [k.stock, k.orders, k.buyers, k.holds],
-            [_now(now_ms), _offset_field(topic, partition), offset, order_id],
+            [k.stock, k.orders, k.buyers, k.holds, k.orders_due, k.buyers_due],
+            [_now(now_ms), _offset_field(topic, partition), offset, order_id, self._keep_ms],
         )
         return _hold_outcome(order_id, reply)
 
@@ -216,8 +267,8 @@ class StockStore:
         k = self.keys(sku)
         released, holds_left, outbox_len, levels = await self._expire_holds(
             self._redis,
-            [k.stock, k.orders, k.buyers, k.holds, k.outbox],
-            [_now(now_ms), limit],
+            [k.stock, k.orders, k.buyers, k.holds, k.outbox, k.orders_due, k.buyers_due],
+            [_now(now_ms), limit, self._keep_ms],
         )
         return SweepResult(
             released=int(released),
@@ -243,6 +294,8 @@ class StockStore:
                 lot.inspection or "",
             ],
         )
+        # Its journal's dedup keys (the receipt's, later the payments') will need sweeping.
+        await self.track_retention([sku])
         state = cast(LotUpsertStatus, _text(status))
         stored = lot_from_json(lot.lot_code, payload) if state != "conflict" else None
         detail = _text(payload) if state == "conflict" else ""
@@ -292,6 +345,43 @@ class StockStore:
     async def forget_sku(self, sku: str, stamp: int) -> bool:
         """Drop a sku from the index if no hold was added since `stamp` was read."""
         return bool(await self._forget_sku(self._redis, [self.index_key], [sku, stamp]))
+
+    # -- retention (see the module docstring)
+
+    async def track_retention(self, skus: Sequence[str]) -> None:
+        """Tell the decision sweep these skus may have entries to drop some day. The set
+        holds every sku ever decided or stocked (as many as the skus' stock hashes)."""
+        if skus:
+            await self._redis.sadd(self.retention_index_key, *skus)
+
+    async def skus_with_retention(self) -> list[str]:
+        members = cast(set[bytes], await self._redis.smembers(self.retention_index_key))
+        return sorted(_text(sku) for sku in members)
+
+    async def forget_decisions(self, sku: str, *, now_ms: int, limit: int = 500) -> RetentionSweep:
+        """Drop up to `limit` due order records and buyer entries of a sku."""
+        k = self.keys(sku)
+        orders, buyers, orders_left, buyers_left = await self._forget_decisions(
+            self._redis, [k.orders, k.orders_due, k.buyers, k.buyers_due], [now_ms, limit]
+        )
+        return RetentionSweep(int(orders), int(buyers), int(orders_left), int(buyers_left))
+
+    async def forget_journal_dedup(self, sku: str, *, now_ms: int, limit: int = 500) -> int:
+        """Drop due dedup keys of every lot journal of a sku; returns how many went."""
+        k = self.keys(sku)
+        dropped = 0
+        for raw_code in cast(list[bytes], await self._redis.hkeys(k.lots)):
+            lot_code = _text(raw_code)
+            while True:
+                gone, _left = await self._forget_due(
+                    self._redis,
+                    [k.journal_dedup_due(lot_code), k.journal_dedup(lot_code)],
+                    [now_ms, limit],
+                )
+                dropped += int(gone)
+                if int(gone) < limit:
+                    break
+        return dropped
 
     async def read_outbox(self, sku: str, limit: int = 500) -> list[OrderRecord]:
         """Up to about `limit` unpublished expiries of a sku (empty: none left)."""

@@ -99,7 +99,8 @@ class OrderStore:
                 per_s,
                 candidate.order_id,
                 fingerprint,
-                IDEMPOTENCY_TTL_S,
+                # Never longer than the order it names may live (a short LC_ORDER_RETENTION_S).
+                min(IDEMPOTENCY_TTL_S, self._retention_s),
                 now_ms,
                 PUBLISH_LEASE_MS,
                 self._keys.order_key_prefix,

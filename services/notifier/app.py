@@ -38,11 +38,9 @@ from services.notifier.pick_completion import PickCompletion
 from services.notifier.pick_store import PickStore
 from services.notifier.projection_store import ProjectionStore
 from services.notifier.redis_keys import NotifierKeys
+from services.notifier.retention import RetentionSweep
 from services.notifier.trace_store import TraceStore
 
-# Outcome guards outlive the topics' retention by a day: a replay from the oldest retained
-# offset still finds them.
-GUARD_MARGIN_S = 24 * 3600
 # More than a fetch wait's worth of events at any sale's rate: the broker answers the
 # notifier's fetches after LC_KAFKA_FETCH_MAX_WAIT_MS, with whatever came meanwhile.
 NOTIFIER_FETCH_MIN_BYTES = 1024 * 1024
@@ -64,10 +62,20 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
     metrics = app[NOTIFIER_METRICS]
     keys = NotifierKeys(settings.redis_prefix)
     redis = app[REDIS]
+    # Outcome guards outlive the topics' replay window: a replay from the oldest record
+    # Kafka still holds finds them.
     projection = ProjectionStore(
-        redis, keys, guard_ttl_s=settings.topic_retention_ms // 1000 + GUARD_MARGIN_S
+        redis,
+        keys,
+        guard_ttl_s=-(-settings.replay_window_ms // 1000),
+        trace_retention_s=settings.trace_retention_s,
     )
-    picks = PickStore(redis, keys)
+    picks = PickStore(
+        redis,
+        keys,
+        pick_retention_s=settings.pick_retention_s,
+        trace_retention_s=settings.trace_retention_s,
+    )
     session_feed = SnapshotFeed(
         kind="session_ws", frame_type="snapshot", load=projection.session_payloads, metrics=metrics
     )
@@ -119,10 +127,11 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
     await runner.start()
     ticking = asyncio.create_task(ticker.run(), name="notifier:push")
     sweeping = asyncio.create_task(completion.run(), name="notifier:pick-completions")
+    retention = asyncio.create_task(RetentionSweep(picks).run(), name="notifier:retention")
     try:
         yield
     finally:
-        await stop_tasks(sweeping, ticking)
+        await stop_tasks(retention, sweeping, ticking)
         await runner.stop()
 
 

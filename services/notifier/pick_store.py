@@ -19,14 +19,27 @@ from services.notifier.pick_queue import PickStatus, PickTask
 from services.notifier.redis_keys import NotifierKeys
 
 LUA = "services.notifier.lua"
+# Settings' defaults (LC_PICK_RETENTION_S, LC_TRACE_RETENTION_S).
+DEFAULT_PICK_RETENTION_S = 7 * 24 * 3600
+DEFAULT_TRACE_RETENTION_S = 400 * 24 * 3600
 
 
 class PickStore:
-    def __init__(self, redis: RedisClient, keys: NotifierKeys) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: NotifierKeys,
+        *,
+        pick_retention_s: int = DEFAULT_PICK_RETENTION_S,
+        trace_retention_s: int = DEFAULT_TRACE_RETENTION_S,
+    ) -> None:
         self._apply_picks = LuaScript(LUA, "apply_picks.lua")
         self._complete_pick = LuaScript(LUA, "complete_pick.lua")
+        self._forget_due = LuaScript("services.common.lua", "forget_due.lua")
         self._redis = redis
         self._keys = keys
+        self._pick_retention_ms = pick_retention_s * 1000
+        self._trace_retention_s = trace_retention_s
 
     async def open_batch(
         self, topic_partition: str, picks: Sequence[tuple[int, PickRequested]]
@@ -84,21 +97,65 @@ class PickStore:
         self, task: PickTask, completed_at: str, completed_by: str, now_ms: int
     ) -> PickTask:
         """Mark the task done (once: a second call keeps the first time and author). The
-        first completion also enters the completions outbox, in the same step."""
+        first completion also enters the completions outbox, in the same step, and starts
+        the retentions: listed as done for the pick retention, readable as a trace for the
+        trace retention."""
+        keys: list[str | bytes] = [
+            self._keys.pick(task.pick_id),
+            self._keys.picks_open(task.warehouse_id),
+            self._keys.picks_done(task.warehouse_id),
+            self._keys.pick_seq,
+            self._keys.completions_outbox,
+            self._keys.picks_done_due(task.warehouse_id),
+            self._keys.order_picks(task.order_id),
+        ]
+        if task.trace_code:
+            keys.append(self._keys.trace(task.trace_code))
         await self._complete_pick(
             self._redis,
+            keys,
             [
-                self._keys.pick(task.pick_id),
-                self._keys.picks_open(task.warehouse_id),
-                self._keys.picks_done(task.warehouse_id),
-                self._keys.pick_seq,
-                self._keys.completions_outbox,
+                task.pick_id,
+                completed_at,
+                completed_by,
+                now_ms,
+                self._pick_retention_ms,
+                self._trace_retention_s,
             ],
-            [task.pick_id, completed_at, completed_by, now_ms],
         )
         done = await self.get(task.pick_id)
-        assert done is not None  # tasks are never deleted
+        assert done is not None  # a task expires only a trace retention after completion
         return done
+
+    async def forget_done(self, now_ms: int, limit: int = 500) -> int:
+        """Take the completed picks whose pick retention ended out of their warehouses'
+        `done` lists (their tasks stay readable as traces until they expire)."""
+        members = cast(set[bytes], await self._redis.smembers(self._keys.pick_warehouses))
+        dropped = 0
+        for warehouse_id in sorted(m.decode() for m in members):
+            while True:
+                gone, _left = await self._forget_due(
+                    self._redis,
+                    [self._keys.picks_done_due(warehouse_id), self._keys.picks_done(warehouse_id)],
+                    [now_ms, limit],
+                )
+                dropped += int(gone)
+                if int(gone) < limit:
+                    break
+        return dropped
+
+    async def forget_order_buyers(self, now_ms: int, limit: int = 500) -> int:
+        """Drop the order -> buyer entries whose trace retention ended."""
+        dropped = 0
+        while True:
+            gone, _left = await self._forget_due(
+                self._redis,
+                [self._keys.order_buyers_due, self._keys.order_buyers],
+                [now_ms, limit],
+            )
+            dropped += int(gone)
+            if int(gone) < limit:
+                return dropped
 
     async def completion_pending(self, pick_id: str) -> bool:
         """Whether the task's pick.completed still waits for the broker's acknowledgement."""

@@ -108,7 +108,17 @@ class AssignIfNewer:
     version: int | None
 
 
-Op = Increment | Assign | RankAdd | AssignIfNewer | SetAdd
+@dataclass(frozen=True, slots=True)
+class KeepForTrace:
+    """ZADD key GT <now + the trace retention> member: `key` is the companion sorted set
+    (member -> epoch ms it may go) of a hash whose field `member` the retention sweep drops
+    then (Redis 7.0 has no per-field expiry). The store supplies the time."""
+
+    key: str
+    member: str
+
+
+Op = Increment | Assign | RankAdd | AssignIfNewer | SetAdd | KeepForTrace
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +179,7 @@ def _committed(event: ReservationCommitted, totals: str, keys: NotifierKeys) -> 
         RankAdd(keys.leaderboard, event.session_id, event.total_cents),
         # Who may read the paid order's trace (GET /v1/orders/{order_id}/trace).
         Assign(keys.order_buyers, event.order_id, event.buyer_id),
+        KeepForTrace(keys.order_buyers_due, event.order_id),
     ]
 
 

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import orjson
 
+from services.common.clock import epoch_ms
 from services.common.redis_scripts import LuaScript, RedisClient
 from services.notifier.projection import (
     TOTAL_FIELDS,
@@ -15,6 +16,7 @@ from services.notifier.projection import (
     AssignIfNewer,
     EventEffect,
     Increment,
+    KeepForTrace,
     Op,
     SessionInfo,
     SetAdd,
@@ -22,6 +24,9 @@ from services.notifier.projection import (
     session_payload,
 )
 from services.notifier.redis_keys import NotifierKeys
+
+# Settings.trace_retention_s's default.
+DEFAULT_TRACE_RETENTION_S = 400 * 24 * 3600
 
 
 class _KeyIndex:
@@ -40,11 +45,18 @@ class _KeyIndex:
 
 
 class ProjectionStore:
-    def __init__(self, redis: RedisClient, keys: NotifierKeys, guard_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        keys: NotifierKeys,
+        guard_ttl_s: int,
+        trace_retention_s: int = DEFAULT_TRACE_RETENTION_S,
+    ) -> None:
         self._apply = LuaScript("services.notifier.lua", "apply_projection.lua")
         self._redis = redis
         self._keys = keys
         self._guard_ttl_s = guard_ttl_s
+        self._trace_retention_ms = trace_retention_s * 1000
 
     async def apply(self, topic_partition: str, effects: Sequence[EventEffect]) -> Applied:
         """Apply the effects of one partition batch (offset order) in one atomic step that
@@ -65,7 +77,12 @@ class ProjectionStore:
         applied, skipped, _last = await self._apply(
             self._redis,
             list(index.keys),
-            [topic_partition, self._guard_ttl_s, orjson.dumps(entries)],
+            [
+                topic_partition,
+                self._guard_ttl_s,
+                orjson.dumps(entries),
+                epoch_ms() + self._trace_retention_ms,
+            ],
         )
         return Applied(int(applied), int(skipped))
 
@@ -185,6 +202,8 @@ def _encode_op(op: Op, index: _KeyIndex) -> list[Any]:
         return ["n", index(op.key), op.field, op.value, index(op.versions), version]
     if isinstance(op, SetAdd):
         return ["a", index(op.key), op.member]
+    if isinstance(op, KeepForTrace):
+        return ["d", index(op.key), op.member]
     return ["z", index(op.key), op.member, str(op.amount)]
 
 

@@ -74,6 +74,12 @@ class NotifierKeys:
         read the order's trace."""
         return f"{self.base}order-buyers"
 
+    @property
+    def order_buyers_due(self) -> str:
+        """Sorted set order_id -> epoch ms its `order-buyers` field may go (the trace
+        retention after payment; retention.RetentionSweep drops it)."""
+        return f"{self.base}order-buyers-due"
+
     def order_picks(self, order_id: str) -> str:
         """Set of the pick_ids of one order."""
         return f"{self.base}order-picks:{order_id}"
@@ -93,6 +99,11 @@ class NotifierKeys:
     def picks_done(self, warehouse_id: str) -> str:
         """Sorted set pick_id -> seq when it was completed."""
         return f"{self.base}picks:{warehouse_id}:done"
+
+    def picks_done_due(self, warehouse_id: str) -> str:
+        """Sorted set pick_id -> epoch ms the completed pick leaves `done` (the pick
+        retention after completion)."""
+        return f"{self.base}picks:{warehouse_id}:done-due"
 
     @property
     def pick_warehouses(self) -> str:

@@ -200,6 +200,12 @@ async def test_final_orders_expire_after_the_retention_and_live_ones_never(redis
     await create(store, an_order("refused", "rejected"))
     assert await redis.ttl(keys.order("live")) == -1
     assert 3590 < await redis.ttl(keys.order("refused")) <= 3600
+    # Idempotency records expire too, never after the order they name could have.
+    buyer = an_order("live").buyer_id
+    assert 3590 < await redis.ttl(keys.idempotency(buyer, "live")) <= 3600
+    long_kept = OrderStore(redis, keys, retention_s=30 * 24 * 3600)
+    await create(long_kept, an_order("kept"))
+    assert 23 * 3600 < await redis.ttl(keys.idempotency(buyer, "kept")) <= 24 * 3600
 
     reserved = await store.transition(
         order_id="live", target="reserved", allowed_from=["pending"], now="t1", fields={}

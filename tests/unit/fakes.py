@@ -380,6 +380,7 @@ class FakeStockLedger:
         self.skus: dict[str, FakeSku] = {}
         self.calls: list[tuple[str, str, list[str]]] = []  # (method, sku, order_ids)
         self.tracked: list[list[str]] = []
+        self.retained: set[str] = set()
 
     def sku(self, sku: str) -> FakeSku:
         return self.skus.setdefault(sku, FakeSku())
@@ -489,6 +490,9 @@ class FakeStockLedger:
 
     async def track_holds(self, skus: Sequence[str]) -> None:
         self.tracked.append(list(skus))
+
+    async def track_retention(self, skus: Sequence[str]) -> None:
+        self.retained.update(skus)
 
     def _live_hold(
         self, stock: FakeSku, order_id: str, position: str, offset: int

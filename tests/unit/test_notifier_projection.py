@@ -17,6 +17,7 @@ from services.notifier.projection import (
     AssignIfNewer,
     EventEffect,
     Increment,
+    KeepForTrace,
     RankAdd,
     SessionInfo,
     SetAdd,
@@ -122,6 +123,9 @@ def test_commit_feeds_the_leaderboard_and_stock_is_the_latest_state() -> None:
         7,
     )
     assert RankAdd(KEYS.leaderboard, "s1", 4200) in commit.ops
+    # Who may read the order's trace, kept for the trace retention (then swept).
+    buyer = next(op for op in commit.ops if isinstance(op, Assign) and op.key == KEYS.order_buyers)
+    assert KeepForTrace(KEYS.order_buyers_due, buyer.field) in commit.ops
     stock = effect(
         "stock.changed",
         {"sku": "crab", "received": 10, "available": 6, "reserved": 3, "sold": 1},

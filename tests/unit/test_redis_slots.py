@@ -131,6 +131,7 @@ async def test_inventory_scripts_stay_in_the_slot_of_their_sku(calls: list[Any])
         await recording(
             journals.append(sku, "LOT-A", "lot.received", at="t", data={}, dedup_key="k")
         )
+        await recording(store.forget_decisions(sku, now_ms=1))
     await recording(store.track_holds(list(SKUS)))
     await recording(store.forget_sku(SKUS[0], 1))
     assert_one_slot(
@@ -143,6 +144,10 @@ async def test_inventory_scripts_stay_in_the_slot_of_their_sku(calls: list[Any])
         keys = store.keys(sku)
         assert key_slot(keys.stock.encode()) == key_slot(keys.lots.encode())
         assert key_slot(keys.journal("LOT-A").encode()) == key_slot(keys.journal_heads.encode())
+        # forget_due.lua (the common retention sweep) on a lot's journal dedup keys.
+        assert key_slot(keys.journal_dedup_due("LOT-A").encode()) == key_slot(
+            keys.journal_dedup("LOT-A").encode()
+        )
 
 
 async def test_live_orders_scripts_stay_in_one_slot(calls: list[Any]) -> None:
@@ -213,12 +218,15 @@ async def test_notifier_scripts_stay_in_the_notifier_slot(calls: list[Any]) -> N
     await recording(picks.open_batch("lc.picks:0", [(1, pick)]))
     task = PickTask.from_document(orjson_document(pick), status="open", seq=1)
     await recording(picks.complete(task, "2026-01-01T00:00:00Z", "staff-1", now_ms=1))
-    assert_one_slot(calls, scripts_of("services.notifier.lua"))
+    await recording(picks.forget_order_buyers(now_ms=1))
+    assert_one_slot(calls, scripts_of("services.notifier.lua") | {"forget_due.lua"})
     # open_snapshot/changes read the sequence and a warehouse's sets in one MULTI/EXEC.
     slots = {
         key_slot(k.encode())
         for k in (keys.pick_seq, keys.picks_open("wh-9"), keys.picks_done("wh-9"), keys.stock)
     }
+    # forget_done runs forget_due.lua on each warehouse's done list and its schedule.
+    slots |= {key_slot(keys.picks_done_due("wh-9").encode())}
     assert len(slots) == 1
 
 

@@ -6,11 +6,14 @@
 -- KEYS[4] holds   sorted set: order_id scored by deadline (epoch ms)
 -- KEYS[5] lots    hash: lot_code -> JSON {warehouse_id, quantity, allocated, expires_on, origin,
 --                 producer, harvested_on, inspection} (kept as they are: only allocated moves)
+-- KEYS[6] orders-due  sorted set: order_id -> epoch ms its record may be dropped
+-- KEYS[7] buyers-due  sorted set: buyer_id -> epoch ms its units may be dropped
 -- ARGV[1] now (epoch ms)
 -- ARGV[2] offset field `off:<topic>:<partition>`
 -- ARGV[3] offset of the order.paid event
 -- ARGV[4] order_id
 -- ARGV[5] payment_ref
+-- ARGV[6] replay window (ms): a final record is kept this long after its last event
 --
 -- Returns {status, fresh, record_json, {received, available, reserved, sold, v}}:
 --   committed  the hold became a sale; record.a holds the lot allocations
@@ -29,17 +32,19 @@ local now = tonumber(ARGV[1])
 local offset_field = ARGV[2]
 local offset = tonumber(ARGV[3])
 local order_id = ARGV[4]
+local retention = { orders = KEYS[6], buyers = KEYS[7], due = now + tonumber(ARGV[6]) }
 
 --#include hold.lua
 
-local record, answer = take_hold_event(stock, orders, order_id, offset_field, offset)
+local record, answer = take_hold_event(stock, orders, order_id, offset_field, offset, retention)
 if not record then
   return answer
 end
 
 local quantity = record.q
 if record.x <= now then
-  local encoded = release_hold(stock, orders, buyers, holds, order_id, record, 'expired')
+  local encoded = release_hold(
+    stock, orders, buyers, holds, order_id, record, 'expired', retention)
   -- v orders the sku's stock.changed snapshots: bumped with every counter change.
   redis.call('HINCRBY', stock, 'v', 1)
   return {'expired', 1, encoded, stock_levels(stock)}
@@ -98,4 +103,6 @@ record.pr = ARGV[5]
 record.ca = now
 local encoded = cjson.encode(record)
 redis.call('HSET', orders, order_id, encoded)
+keep_until(retention.orders, order_id, retention.due)
+keep_until(retention.buyers, record.b, retention.due)
 return {'committed', 1, encoded, stock_levels(stock)}

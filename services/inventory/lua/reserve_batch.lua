@@ -7,10 +7,16 @@
 -- KEYS[2] orders  hash: order_id -> JSON record (decision and current state of the order)
 -- KEYS[3] buyers  hash: buyer_id -> units the buyer holds of this sku (reserved + paid)
 -- KEYS[4] holds   sorted set: order_id scored by its payment deadline (epoch ms)
+-- KEYS[5] orders-due  sorted set: order_id -> epoch ms its record may be dropped (final
+--                 records only: a held order is kept by its hold, and scheduled when it ends)
+-- KEYS[6] buyers-due  sorted set: buyer_id -> epoch ms its units may be dropped (a buyer
+--                 who holds units now is taken out: kept while held)
 -- ARGV[1] now (epoch ms)
 -- ARGV[2] hold time to live (ms)
 -- ARGV[3] offset field of the consumed partition, `off:<topic>:<partition>`
--- ARGV[4..] seven values per order, in offset order:
+-- ARGV[4] replay window (ms): a final record is kept this long after its last event, so a
+--         replay from the oldest record Kafka still holds finds the decision
+-- ARGV[5..] seven values per order, in offset order:
 --           offset, order_id, buyer_id, quantity, per_user_limit, session_id, total_cents
 --
 -- Returns {{received, available, reserved, sold, v}, {{order_id, fresh, record_json}, ...}}.
@@ -22,9 +28,11 @@
 -- original) could both see the same free unit. Redis runs a script without interleaving.
 
 local stock, orders, buyers, holds = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local orders_due, buyers_due = KEYS[5], KEYS[6]
 local now = tonumber(ARGV[1])
 local deadline = now + tonumber(ARGV[2])
 local offset_field = ARGV[3]
+local drop_at = now + tonumber(ARGV[4])
 
 local applied = tonumber(redis.call('HGET', stock, offset_field) or '-1')
 local highest = applied
@@ -33,13 +41,17 @@ local reserved = tonumber(redis.call('HGET', stock, 'reserved') or '0')
 local held = false
 local results = {}
 
-for i = 4, #ARGV, 7 do
+for i = 5, #ARGV, 7 do
   local offset = tonumber(ARGV[i])
   local order_id = ARGV[i + 1]
   local stored = redis.call('HGET', orders, order_id)
   if stored then
     -- Decided before (a replayed batch, or the same order published twice): answer
-    -- what was decided then, change nothing.
+    -- what was decided then, change nothing (but keep a final decision as long as this
+    -- replayed event can come again).
+    if cjson.decode(stored).s ~= 'reserved' then
+      redis.call('ZADD', orders_due, 'GT', drop_at, order_id)
+    end
     results[#results + 1] = {order_id, 0, stored}
   elseif offset <= applied then
     -- This offset was applied already but left no decision under this id: never apply
@@ -63,12 +75,16 @@ for i = 4, #ARGV, 7 do
       reserved = reserved + quantity
       held = true
       redis.call('HINCRBY', buyers, buyer, quantity)
+      redis.call('ZREM', buyers_due, buyer)
       redis.call('ZADD', holds, deadline, order_id)
       record.s = 'reserved'
       record.x = deadline
     end
     local encoded = cjson.encode(record)
     redis.call('HSET', orders, order_id, encoded)
+    if record.s == 'rejected' then
+      redis.call('ZADD', orders_due, 'GT', drop_at, order_id)
+    end
     results[#results + 1] = {order_id, 1, encoded}
   end
   if offset > highest then

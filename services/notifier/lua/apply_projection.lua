@@ -13,6 +13,9 @@
 --              | ["n", key_index, field, value, versions_key_index, version]
 --                HSET only if newer: `version` ("" for none) is compared with the one
 --                recorded for `field` in the versions hash (see projection.AssignIfNewer)
+--              | ["d", key_index, member]          ZADD GT ARGV[4] member: the member may
+--                be dropped (from the hash the sorted set accompanies) at ARGV[4]
+-- ARGV[4]   epoch ms: now + the trace retention (for "d" ops)
 --
 -- An entry at or below the recorded offset was applied before (Kafka redelivered the
 -- batch after a crash or a rebalance) and is skipped. An entry whose guard member is
@@ -52,6 +55,8 @@ for _, entry in ipairs(entries) do
         redis.call('ZINCRBY', key, op[4], op[3])
       elseif op[1] == 'a' then
         redis.call('SADD', key, op[3])
+      elseif op[1] == 'd' then
+        redis.call('ZADD', key, 'GT', ARGV[4], op[3])
       elseif op[1] == 'n' then
         -- A snapshot applies if newer than the stored one. Without a version (an event
         -- from an older publisher) it applies only while no versioned one was stored;
