@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import secrets
 import subprocess
 import sys
@@ -103,12 +104,20 @@ class ClusterPorts:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.redis)
 
 
+# Redis Cluster nodes listen on a port and on its cluster bus port (+10000). Both are taken
+# below Linux's ephemeral range (32768-60999 by default): a port merely free when chosen
+# there can be taken by any outgoing connection before redis-server binds it (seen: a
+# node "Failed listening on port 59139 (cluster)").
+REDIS_PORTS = range(20000, 22768)
+
+
 def redis_cluster_port() -> int:
-    """A free port whose cluster bus port (+10000) is free and below 65536 too."""
-    while True:
-        port = free_port()
-        if port + 10000 < 65536 and port_free(port + 10000):
+    """A free port whose cluster bus port (+10000) is free too, both outside the
+    ephemeral range."""
+    for port in random.sample(REDIS_PORTS, len(REDIS_PORTS)):
+        if port_free(port) and port_free(port + 10000):
             return port
+    raise RuntimeError("no free port pair for a Redis Cluster node in 20000-32767")
 
 
 # ---------------------------------------------------------------------------- kafka
