@@ -102,7 +102,7 @@ class ConsumerRunner:
         self._fetch_min_bytes = fetch_min_bytes
         # The event types the handler acts on (None: all). Others on the same topics are
         # counted, their offsets committed, and never decoded past the envelope: inventory
-        # reads every order.rejected of a sold-out burst only to pass it by.
+        # reads the orders topic, where live_orders also puts its attempts.tallied.
         self._handles = frozenset(handles) if handles is not None else None
         self._adaptive_fetch = adaptive_fetch
         self._batch_mode = False

@@ -73,12 +73,34 @@ class OrderPlaced(OrderMessage):
 @dataclass(frozen=True, slots=True)
 class OrderRejected(OrderMessage):
     """An attempt refused by live_orders itself (sold-out fast path, not on sale): it never
-    reaches inventory, but hosts count it as an attempt."""
+    reaches inventory, but hosts count it as an attempt. No longer published (refusals are
+    counted in `AttemptsTallied` batches); consumers still accept the ones in the log."""
 
     TYPE: ClassVar[str] = "order.rejected"
     VERSION: ClassVar[int] = 1
 
     reason: RejectReason
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptsTallied(Message):
+    """Attempts live_orders refused itself (sold-out fast path, not on sale), counted in a
+    batch: one event per session per batch instead of one `order.rejected` per attempt.
+    Every refused order is in exactly one tally (`tally_id` names it: republished after a
+    crash, it is the same tally), so hosts count each attempt once."""
+
+    TYPE: ClassVar[str] = "attempts.tallied"
+    VERSION: ClassVar[int] = 1
+
+    tally_id: str
+    session_id: str
+    sold_out: int
+    not_on_sale: int
+    tallied_at: str
+
+    @property
+    def attempts(self) -> int:
+        return self.sold_out + self.not_on_sale
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +316,7 @@ OrderOutcome = (
 ALL_MESSAGES: tuple[type[Message], ...] = (
     OrderPlaced,
     OrderRejected,
+    AttemptsTallied,
     OrderPaid,
     OrderCancelled,
     ReservationConfirmed,

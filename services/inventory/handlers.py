@@ -176,8 +176,8 @@ class EventHandlers:
 
     @property
     def handles(self) -> frozenset[type[Message]]:
-        """order.rejected (orders topic) was refused before it got here; pick.requested
-        (picks topic) is inventory's own."""
+        """attempts.tallied and order.rejected (orders topic) were refused before they
+        got here; pick.requested (picks topic) is inventory's own."""
         return frozenset(self.table)
 
     async def __call__(self, events: Sequence[ConsumedEvent[Message]]) -> None:

@@ -15,14 +15,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from services.common.clock import from_rfc3339, to_rfc3339
 from services.common.identifiers import is_valid_id as _is_valid_id
 from services.common.messages import Listing as ListingMessage
 from services.common.messages import (
     OrderOutcome,
-    RejectReason,
     ReservationCommitted,
     ReservationConfirmed,
     ReservationExpired,
@@ -36,7 +35,6 @@ OrderStatus = Literal["pending", "reserved", "rejected", "paid", "cancelled", "e
 Intent = Literal["pay", "cancel"]
 
 FINAL_STATUSES: frozenset[str] = frozenset({"rejected", "paid", "cancelled", "expired"})
-REJECT_REASONS: frozenset[str] = frozenset({"sold_out", "limit_exceeded", "not_on_sale"})
 
 # `?wait=S` is bounded so a request never holds a connection for long.
 MAX_WAIT_S = 10.0
@@ -311,12 +309,6 @@ def outcome_label(outcome: OrderOutcome) -> str:
 # Pay and cancel: which statuses let the intent be recorded.
 PAYABLE_FROM: tuple[OrderStatus, ...] = ("reserved",)
 CANCELLABLE_FROM: tuple[OrderStatus, ...] = ("pending", "reserved")
-
-
-def reject_reason(value: str) -> RejectReason:
-    if value not in REJECT_REASONS:
-        raise ValueError(f"unknown reject reason {value!r}")
-    return cast(RejectReason, value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,8 @@ from services.common.messages import (
     OrderFacts,
     OrderPaid,
     OrderPlaced,
-    OrderRejected,
 )
-from services.live_orders.domain import Order, reject_reason
+from services.live_orders.domain import Order
 
 
 def _facts(order: Order) -> OrderFacts:
@@ -28,23 +27,17 @@ def _facts(order: Order) -> OrderFacts:
     }
 
 
-def creation_event(order: Order, source: str) -> Envelope[OrderPlaced | OrderRejected]:
-    """`order.placed` for a pending order, `order.rejected` for one refused here."""
-    message: OrderPlaced | OrderRejected
-    if order.status == "pending":
-        message = OrderPlaced(
-            **_facts(order),
-            unit_price_cents=order.unit_price_cents,
-            total_cents=order.total_cents,
-            per_user_limit=order.per_user_limit,
-            placed_at=order.placed_at,
-        )
-    else:
-        message = OrderRejected(
-            **_facts(order),
-            reason=reject_reason(order.reason or ""),
-        )
-    return Envelope.of(message, source=source, dedup_key=order.order_id)
+def placed_event(order: Order, source: str) -> Envelope[OrderPlaced]:
+    """`order.placed` for a pending order (orders refused here are counted in tallies,
+    order_outbox.py, not published one by one)."""
+    placed = OrderPlaced(
+        **_facts(order),
+        unit_price_cents=order.unit_price_cents,
+        total_cents=order.total_cents,
+        per_user_limit=order.per_user_limit,
+        placed_at=order.placed_at,
+    )
+    return Envelope.of(placed, source=source, dedup_key=order.order_id)
 
 
 def order_paid(

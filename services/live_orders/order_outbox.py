@@ -1,34 +1,47 @@
-"""Every order's creation event reaches Kafka, whatever dies when.
+"""Every order's creation reaches Kafka, whatever dies when.
 
 An order id enters the outbox (a Redis sorted set, scored by time) in the same pipeline
-as, and before, the placement that may create it; it leaves once the order's
-`order.placed` or `order.rejected` was acknowledged and the order marked published. So
-an order that exists and was never published is always in the outbox: its request died
-between storing and publishing, the broker refused the send, or the process was killed.
-Every live_orders process sweeps the outbox once a second and publishes again what has
-been waiting longer than `REPUBLISH_AFTER_MS` (the same deterministic event id: inventory
-decides an order_id once, the notifier counts `type:order_id` once), and drops ids whose
-order was published meanwhile or never created (a replayed key, a rate-limited attempt).
+as, and before, the placement that may create it; it leaves once the order is accounted
+for: a pending order once its `order.placed` was acknowledged and the order marked
+published; an order refused here (sold out, not on sale) once it was counted into a tally
+(`tally_refused.lua` takes it out of the outbox and counts it in one atomic step, so
+whoever gets there first counts it, exactly once). So an order that exists and was not
+accounted for is always in the outbox: its request died between storing and publishing,
+the broker refused the send, or the process was killed. Every live_orders process sweeps
+the outbox once a second and publishes again what has been waiting longer than
+`REPUBLISH_AFTER_MS` (the same deterministic event id: inventory decides an order_id
+once, the notifier counts `type:order_id` once), counts the refused orders left in it,
+and drops ids whose order was published meanwhile or never created (a replayed key, a
+rate-limited attempt).
+
+Refusals are not published one by one: a sold-out burst refuses thousands of attempts a
+second, and an `order.rejected` each cost the broker, inventory (which only skipped it)
+and the notifier a message per attempt. A tally (`attempts.tallied`: per session, how
+many were refused and why) is one event per session per batch. Tallies wait in Redis (in
+the outbox's slot) until their event is acknowledged; the sweep republishes the ones left
+behind under the same `tally_id`, which the notifier counts once.
 
 Two ways in: `publish_now` (a pending order: the buyer waits for inventory's decision
 anyway, which cannot come before the acknowledgement, and gets a 503 if the broker does
-not answer) and `publish_soon` (an order born rejected: the buyer's 409 does not wait for
-the broker; a background task sends what accumulated in one batch).
+not answer) and `tally_soon` (an order born rejected: the buyer's 409 does not wait; a
+background task counts what accumulated in one batch and publishes the tallies).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from typing import Protocol
 
 from services.common.background import cancel_requested
-from services.common.clock import epoch_ms
-from services.common.events import Publisher
+from services.common.clock import epoch_ms, now_rfc3339
+from services.common.events import Envelope, Publisher
+from services.common.messages import AttemptsTallied
 from services.live_orders.domain import Order
 from services.live_orders.metrics import LiveOrdersMetrics
-from services.live_orders.order_events import creation_event
+from services.live_orders.order_events import placed_event
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +68,14 @@ class OutboxRecords(Protocol):
 
     async def outbox_postpone(self, order_ids: Sequence[str], now_ms: int) -> None: ...
 
+    async def tally_refused(
+        self, refused: Sequence[Order], *, tally_id: str, now_ms: int, now: str
+    ) -> list[AttemptsTallied]: ...
+
+    async def tallies_due(self, made_before_ms: int, limit: int) -> list[AttemptsTallied]: ...
+
+    async def forget_tallies(self, tally_ids: Sequence[str]) -> None: ...
+
 
 class OrderOutbox:
     def __init__(
@@ -78,20 +99,19 @@ class OrderOutbox:
         """Publish and wait for the acknowledgement; raises if there is none in time (the
         order stays in the outbox, and a retry of the request may publish it at once)."""
         try:
-            await self._publisher.publish(
-                self._topic, order.sku, creation_event(order, self._source)
-            )
+            await self._publisher.publish(self._topic, order.sku, placed_event(order, self._source))
         except BaseException:
             await self._store.release_publish_lease(order.order_id)
             raise
         await self._store.mark_published([order.order_id])
 
-    def publish_soon(self, order: Order) -> None:
+    def tally_soon(self, order: Order) -> None:
+        """An order refused here: counted (and its tally published) by the background task."""
         self._soon.append(order)
         self._wake.set()
 
     async def drain(self) -> None:
-        """On shutdown: send what is queued (what fails stays in the outbox)."""
+        """On shutdown: count and send what is queued (what fails stays in the outbox)."""
         orders, self._soon = self._soon, []
         if orders:
             try:
@@ -100,7 +120,7 @@ class OrderOutbox:
                 log.warning("queued orders left to the outbox sweep", exc_info=True)
 
     async def run(self) -> None:
-        """The background sender of `publish_soon` orders, and the outbox sweep."""
+        """The background counter of `tally_soon` orders, and the outbox sweep."""
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + SWEEP_INTERVAL_S
         while True:
@@ -121,6 +141,9 @@ class OrderOutbox:
                     for _ in range(SWEEP_BATCHES_PER_RUN):
                         examined, _ = await self._sweep_batch()
                         if examined < SWEEP_BATCH:
+                            break
+                    for _ in range(SWEEP_BATCHES_PER_RUN):
+                        if await self.sweep_tallies() < SWEEP_BATCH:
                             break
             except Exception:
                 if cancel_requested():
@@ -152,13 +175,39 @@ class OrderOutbox:
             log.info("republished orders from the outbox", extra={"orders": len(todo)})
         return len(ids), len(todo)
 
+    async def sweep_tallies(self) -> int:
+        """Publish the tallies left behind (a failed send, a killed process; one batch):
+        how many were sent."""
+        tallies = await self._store.tallies_due(epoch_ms() - REPUBLISH_AFTER_MS, SWEEP_BATCH)
+        if tallies:
+            await self._publish_tallies(tallies)
+            log.info("republished tallies", extra={"tallies": len(tallies)})
+        return len(tallies)
+
     async def _publish(self, orders: list[Order]) -> None:
-        await self._publisher.publish_many(
-            [(self._topic, order.sku, creation_event(order, self._source)) for order in orders]
-        )
-        pending = [order.order_id for order in orders if order.status == "pending"]
-        refused = [order.order_id for order in orders if order.status != "pending"]
+        pending = [order for order in orders if order.status == "pending"]
+        refused = [order for order in orders if order.status != "pending"]
         if pending:
-            await self._store.mark_published(pending)
+            await self._publisher.publish_many(
+                [(self._topic, order.sku, placed_event(order, self._source)) for order in pending]
+            )
+            await self._store.mark_published([order.order_id for order in pending])
         if refused:
-            await self._store.mark_published(refused, flag=False)
+            tallies = await self._store.tally_refused(
+                refused, tally_id=os.urandom(8).hex(), now_ms=epoch_ms(), now=now_rfc3339()
+            )
+            await self._publish_tallies(tallies)
+
+    async def _publish_tallies(self, tallies: Sequence[AttemptsTallied]) -> None:
+        """Publish, then forget: a tally whose send failed stays for the sweep."""
+        await self._publisher.publish_many(
+            [
+                (
+                    self._topic,
+                    tally.session_id,
+                    Envelope.of(tally, source=self._source, dedup_key=tally.tally_id),
+                )
+                for tally in tallies
+            ]
+        )
+        await self._store.forget_tallies([tally.tally_id for tally in tallies])

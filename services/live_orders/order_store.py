@@ -15,8 +15,9 @@ from typing import Literal, cast
 
 import orjson
 
+from services.common.messages import AttemptsTallied
 from services.common.redis_batch import TickPipeline
-from services.common.redis_scripts import LuaScript, RedisClient
+from services.common.redis_scripts import ArgT, LuaScript, RedisClient
 from services.live_orders.domain import (
     FINAL_STATUSES,
     Intent,
@@ -67,6 +68,7 @@ class OrderStore:
         self._place = LuaScript(LUA, "place_order.lua")
         self._transition = LuaScript(LUA, "transition_order.lua")
         self._claim_intent = LuaScript(LUA, "claim_intent.lua")
+        self._tally_refused = LuaScript(LUA, "tally_refused.lua")
 
     async def place(
         self,
@@ -156,6 +158,43 @@ class OrderStore:
         for order_id in order_ids:
             pairs.extend((now_ms, order_id))
         await self._pipeline.command("ZADD", self._keys.outbox, "XX", *pairs)
+
+    async def tally_refused(
+        self, refused: Sequence[Order], *, tally_id: str, now_ms: int, now: str
+    ) -> list[AttemptsTallied]:
+        """Count orders refused here into one tally per session (`tally_id-<n>`), each
+        order once ever: the ones still in the outbox leave it, atomically. The tallies
+        wait in Redis until `forget_tallies` (after they were published)."""
+        args: list[ArgT] = [tally_id, now_ms, now]
+        for order in refused:
+            args.extend((order.order_id, order.session_id, order.reason or ""))
+        made = await self._pipeline.script(
+            self._tally_refused,
+            [self._keys.outbox, self._keys.tallies, self._keys.tallies_due],
+            args,
+        )
+        return [AttemptsTallied.from_data(orjson.loads(record)) for record in made]
+
+    async def tallies_due(self, made_before_ms: int, limit: int) -> list[AttemptsTallied]:
+        """Tallies not yet known to be published, made before `made_before_ms`, oldest first."""
+        ids = await self._pipeline.command(
+            "ZRANGEBYSCORE", self._keys.tallies_due, "-inf", made_before_ms, "LIMIT", 0, limit
+        )
+        if not ids:
+            return []
+        records = await self._pipeline.command("HMGET", self._keys.tallies, *ids)
+        return [
+            AttemptsTallied.from_data(orjson.loads(record))
+            for record in records
+            if record is not None
+        ]
+
+    async def forget_tallies(self, tally_ids: Sequence[str]) -> None:
+        """They were published: out of Redis."""
+        await asyncio.gather(
+            self._pipeline.command("HDEL", self._keys.tallies, *tally_ids),
+            self._pipeline.command("ZREM", self._keys.tallies_due, *tally_ids),
+        )
 
     async def release_publish_lease(self, order_id: str) -> None:
         """The publish failed: let the next retry of the request publish at once."""

@@ -91,11 +91,12 @@ class OrderContexts(Protocol):
 
 
 class Outbox(Protocol):
-    """Publishes the creation event of a stored order (OrderOutbox)."""
+    """Accounts for a stored order (OrderOutbox): publishes a pending one's creation event,
+    counts a refused one into its session's tally."""
 
     async def publish_now(self, order: Order) -> None: ...
 
-    def publish_soon(self, order: Order) -> None: ...
+    def tally_soon(self, order: Order) -> None: ...
 
 
 def _decided(order: Order) -> bool:
@@ -163,9 +164,9 @@ class OrderService:
         assert order is not None  # _claim_key raised otherwise
         self._count_placement(placement, order)
         if placement.publish and order.status != "pending":
-            # Refused here: the buyer's answer does not wait for the broker, and the
-            # outbox guarantees the event (the host counts the attempt).
-            self._outbox.publish_soon(order)
+            # Refused here: the buyer's answer does not wait for the count, and the
+            # outbox guarantees it (the host counts the attempt, once).
+            self._outbox.tally_soon(order)
             return order
         return await self._publish_and_decide(order, placement.publish, wait_s)
 

@@ -62,6 +62,17 @@ class RedisKeys:
         return f"{self.prefix}lo:{{lo:outbox}}:orders"
 
     @property
+    def tallies(self) -> str:
+        """Hash tally_id -> JSON of the attempts.tallied not yet published (order_outbox.py);
+        in the outbox's slot, so an order leaves the outbox and is counted in one step."""
+        return f"{self.prefix}lo:{{lo:outbox}}:tallies"
+
+    @property
+    def tallies_due(self) -> str:
+        """Sorted set tally_id -> epoch ms it was made, for the outbox sweep."""
+        return f"{self.prefix}lo:{{lo:outbox}}:tallies-due"
+
+    @property
     def sessions_channel(self) -> str:
         """session_id of every session change, so each process drops its cached copy."""
         return f"{self.prefix}lo:sessions"

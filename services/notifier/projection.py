@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from services.common.messages import (
+    AttemptsTallied,
     LotUpdated,
     Message,
     OrderPlaced,
@@ -221,6 +222,18 @@ def order_effect(event: OrderEvent, offset: int, keys: NotifierKeys) -> EventEff
     )
 
 
+def tally_effect(event: AttemptsTallied, offset: int, keys: NotifierKeys) -> EventEffect:
+    """Attempts refused by live_orders, counted in a batch: counted once per tally_id (a
+    tally republished after a crash carries the same id)."""
+    totals = keys.totals(event.session_id)
+    ops = [Increment(totals, "attempts", event.attempts)]
+    if event.sold_out:
+        ops.append(Increment(totals, "rejected_sold_out", event.sold_out))
+    return EventEffect(
+        offset, Guard(keys.seen(event.session_id), f"{event.TYPE}:{event.tally_id}"), tuple(ops)
+    )
+
+
 def stock_effect(event: StockChanged, offset: int, keys: NotifierKeys) -> EventEffect:
     """A stock snapshot: kept unless a newer version of the sku's was stored."""
     state = [event.received, event.available, event.reserved, event.sold]
@@ -269,6 +282,7 @@ class Applied:
 # What each event the projection watches does to it.
 EFFECTS: dict[type[Message], Callable[[Any, int, NotifierKeys], EventEffect]] = {
     **{order_event: order_effect for order_event in ORDER_EFFECTS},
+    AttemptsTallied: tally_effect,
     StockChanged: stock_effect,
     SessionUpdated: session_effect,
     LotUpdated: lot_effect,

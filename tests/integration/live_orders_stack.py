@@ -82,11 +82,24 @@ class Decider:
         return [
             e
             for e in self.seen
-            if e.type == type_ and (order_id is None or data_of(e)["order_id"] == order_id)
+            if e.type == type_ and (order_id is None or data_of(e).get("order_id") == order_id)
         ]
 
+    def tallied(self, session_id: str) -> tuple[int, int]:
+        """(sold_out, not_on_sale) attempts counted in the session's tallies so far, each
+        tally once (a republished one carries its tally_id again)."""
+        tallies = {
+            data["tally_id"]: data
+            for data in map(data_of, self.events("attempts.tallied"))
+            if data["session_id"] == session_id
+        }
+        return (
+            sum(t["sold_out"] for t in tallies.values()),
+            sum(t["not_on_sale"] for t in tallies.values()),
+        )
+
     def events_of_buyer(self, buyer: str) -> list[Envelope]:
-        return [e for e in self.seen if data_of(e)["buyer_id"] == buyer]
+        return [e for e in self.seen if data_of(e).get("buyer_id") == buyer]
 
     async def orders_topic_size(self) -> int:
         """Messages ever written to the orders topic (sum of the end offsets)."""
@@ -116,6 +129,8 @@ class Decider:
 
     async def _decide(self, event: Envelope) -> None:
         data = data_of(event)
+        if "order_id" not in data:  # attempts.tallied: nothing for inventory to decide
+            return
         sku, order_id = data["sku"], data["order_id"]
         base = {k: data[k] for k in ("order_id", "session_id", "sku", "buyer_id", "quantity")}
         if event.type == "order.placed":

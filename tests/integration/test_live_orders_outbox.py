@@ -1,9 +1,13 @@
 """The order outbox against a real Redis and Kafka: an order stored but never published
-(its request died) is published by the sweep; ids of orders never stored, or published
-meanwhile, leave without a send; attempts that store nothing never enter it."""
+(its request died) is published by the sweep, and one refused here is counted into a
+tally; ids of orders never stored, or published meanwhile, leave without a send; attempts
+that store nothing never enter it. Refused orders are counted exactly once, whoever counts
+them and however often; a tally whose send failed is sent again under its id."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.common.clock import epoch_ms
+from services.common.events import deterministic_event_id
 from services.common.kafka_producer import EventPublisher, create_producer
 from services.common.kafka_topics import Topics, ensure_topics
 from services.common.metrics import PlatformMetrics
@@ -101,10 +106,13 @@ async def test_the_sweep_publishes_orders_whose_request_died_and_drops_the_rest(
     assert stored is not None and stored.published
 
     events = await read_topic(backends.kafka_bootstrap, topics.orders)
-    by_order = {(e.type, data_of(e)["order_id"]) for e in events}
+    by_order = {(e.type, data_of(e)["order_id"]) for e in events if e.type == "order.placed"}
     assert ("order.placed", orphan.order_id) in by_order
-    assert ("order.rejected", refused.order_id) in by_order
     assert ("order.placed", young.order_id) not in by_order
+    # The refused one is counted in its session's tally, not published on its own.
+    tallies = [data_of(e) for e in events if e.type == "attempts.tallied"]
+    assert [(t["session_id"], t["sold_out"], t["not_on_sale"]) for t in tallies] == [("s1", 1, 0)]
+    assert not [e for e in events if e.type == "order.rejected"]
     # A second sweep finds nothing to do: nothing is published twice.
     assert await outbox.sweep() == 0
 
@@ -117,3 +125,72 @@ async def test_a_sweep_drops_ids_whose_order_was_never_stored(
     await redis.zadd(keys.outbox, {"ffff0000000000000000000000000000": 1})
     assert await outbox.sweep() == 0
     assert await redis.zcard(keys.outbox) == 0
+
+
+def refused_in(session_id: str, buyer: str, reason: str = "sold_out") -> Order:
+    return dataclasses.replace(an_order(buyer, "rejected"), session_id=session_id, reason=reason)
+
+
+async def test_refused_orders_are_counted_once_however_often_they_are_counted(
+    parts: tuple[Any, OrderStore, OrderOutbox, Topics, LiveOrdersMetrics],
+) -> None:
+    """The request's batch and another process's sweep may count the same orders at once:
+    only the one that takes an order out of the outbox counts it."""
+    redis, store, _, _, _ = parts
+    now = epoch_ms()
+    refused = [refused_in("s-a", f"b{i}") for i in range(6)]
+    refused += [refused_in("s-b", f"c{i}", "not_on_sale") for i in range(3)]
+    for order in refused:
+        assert (await place(store, order, "k1", now)).created
+    stranger = refused_in("s-a", "never-stored")  # not in the outbox: never counted
+
+    made = await asyncio.gather(
+        *(
+            store.tally_refused(
+                [*refused, stranger], tally_id=f"t{n}", now_ms=now, now="2030-01-01T00:00:00Z"
+            )
+            for n in range(4)
+        )
+    )
+
+    tallies = [t for batch in made for t in batch]
+    counted = {
+        session: (
+            sum(t.sold_out for t in tallies if t.session_id == session),
+            sum(t.not_on_sale for t in tallies if t.session_id == session),
+        )
+        for session in ("s-a", "s-b")
+    }
+    assert counted == {"s-a": (6, 0), "s-b": (0, 3)}
+    assert len({t.tally_id for t in tallies}) == len(tallies)
+    keys = RedisKeys(store._keys.prefix)
+    assert await redis.zcard(keys.outbox) == 0
+    assert await redis.hlen(keys.tallies) == len(tallies)  # kept until published
+
+
+async def test_a_tally_whose_send_failed_is_sent_again_under_its_id(
+    backends: Backends, parts: tuple[Any, OrderStore, OrderOutbox, Topics, LiveOrdersMetrics]
+) -> None:
+    redis, store, outbox, topics, _ = parts
+    long_ago = epoch_ms() - 2 * REPUBLISH_AFTER_MS
+    order = refused_in("s-lost", "b1")
+    assert (await place(store, order, "k1", long_ago)).created
+    # Counted, then the process died before the broker acknowledged the tally.
+    (tally,) = await store.tally_refused(
+        [order], tally_id="lost", now_ms=long_ago, now="2030-01-01T00:00:00Z"
+    )
+    fresh = refused_in("s-lost", "b2")
+    assert (await place(store, fresh, "k1", epoch_ms())).created
+    (young,) = await store.tally_refused(
+        [fresh], tally_id="young", now_ms=epoch_ms(), now="2030-01-01T00:00:00Z"
+    )
+
+    assert await outbox.sweep_tallies() == 1  # the old one; the young one may be on its way
+    assert await outbox.sweep_tallies() == 0
+
+    events = await read_topic(backends.kafka_bootstrap, topics.orders)
+    sent = [e for e in events if e.type == "attempts.tallied"]
+    assert [data_of(e)["tally_id"] for e in sent] == [tally.tally_id]
+    assert sent[0].event_id == deterministic_event_id("attempts.tallied", tally.tally_id)
+    keys = RedisKeys(store._keys.prefix)
+    assert {m.decode() for m in await redis.hkeys(keys.tallies)} == {young.tally_id}

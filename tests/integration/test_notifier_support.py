@@ -133,11 +133,19 @@ class Sale:
         }
         total = quantity * self.price_cents
         if self.available[sku] == 0 and not over_limit:
-            # live_orders' sold-out fast path: never reaches inventory
+            # live_orders' sold-out fast path: never reaches inventory, counted in a tally
+            # (sent twice, as after a crash: the same tally counts once)
             self.truth.totals["attempts"] += 1
             self.truth.totals["rejected_sold_out"] += 1
-            data = {**base, "reason": "sold_out"}
-            return [(self.topics.orders, sku, self._envelope("order.rejected", data, order_id))]
+            tally = {
+                "tally_id": f"tally-{order_id}",
+                "session_id": self.session_id,
+                "sold_out": 1,
+                "not_on_sale": 0,
+                "tallied_at": now_rfc3339(),
+            }
+            item = (self.topics.orders, self.session_id, self._envelope("attempts.tallied", tally))
+            return [item, item]
         placed = {
             **base,
             "unit_price_cents": self.price_cents,

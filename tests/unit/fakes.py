@@ -60,7 +60,7 @@ from services.live_orders.domain import (
     TransitionRequest,
     TransitionResult,
 )
-from services.live_orders.order_events import creation_event
+from services.live_orders.order_events import placed_event
 from services.live_orders.order_waiters import OrderUpdate
 from services.live_orders.redis_keys import new_order_id
 from services.notifier.pick_queue import PickTask
@@ -262,8 +262,8 @@ class FakeContexts:
 
 class FakeOutbox:
     """Outbox like OrderOutbox: `publish_now` sends the creation event and marks the order
-    published, or gives its publish lease back when the send fails; `publish_soon` only
-    queues (the background sender is not the use cases' business)."""
+    published, or gives its publish lease back when the send fails; `tally_soon` only
+    queues (the background counter is not the use cases' business)."""
 
     def __init__(
         self, records: FakeOrderRecords, publisher: FakePublisher, topic: str, source: str
@@ -276,15 +276,13 @@ class FakeOutbox:
 
     async def publish_now(self, order: Order) -> None:
         try:
-            await self._publisher.publish(
-                self._topic, order.sku, creation_event(order, self._source)
-            )
+            await self._publisher.publish(self._topic, order.sku, placed_event(order, self._source))
         except BaseException:
             self._records.release_publish_lease(order.order_id)
             raise
         self._records.mark_published(order.order_id)
 
-    def publish_soon(self, order: Order) -> None:
+    def tally_soon(self, order: Order) -> None:
         self.soon.append(order)
 
 

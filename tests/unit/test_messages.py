@@ -17,6 +17,7 @@ from services.common.events import Envelope, decode, encode
 from services.common.messages import (
     ALL_MESSAGES,
     MESSAGE_TYPES,
+    AttemptsTallied,
     EventDeadLettered,
     Listing,
     LotAllocation,
@@ -51,6 +52,13 @@ SAMPLES: dict[type[Message], Message] = {
         placed_at=AT,
     ),
     OrderRejected: OrderRejected(**ORDER, reason="sold_out"),
+    AttemptsTallied: AttemptsTallied(
+        tally_id="0f3a9c2e4b7d41a8-0",
+        session_id="s-1",
+        sold_out=41,
+        not_on_sale=2,
+        tallied_at="2026-11-11T00:00:01.250Z",
+    ),
     OrderPaid: OrderPaid(**ORDER, payment_ref="pay-1", amount_cents=17600),
     OrderCancelled: OrderCancelled(**ORDER),
     ReservationConfirmed: ReservationConfirmed(**ORDER, total_cents=17600, expires_at=AT),

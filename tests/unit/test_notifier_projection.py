@@ -101,6 +101,29 @@ def test_rejections_land_in_their_reason_counter(
     assert {k: v for k, v in totals.items() if v} == expected
 
 
+def tally(tally_id: str, sold_out: int, not_on_sale: int) -> tuple[str, dict[str, Any]]:
+    return (
+        "attempts.tallied",
+        {
+            "tally_id": tally_id,
+            "session_id": "s1",
+            "sold_out": sold_out,
+            "not_on_sale": not_on_sale,
+            "tallied_at": "2030-01-01T00:00:00Z",
+        },
+    )
+
+
+def test_a_tally_counts_its_attempts_once_per_tally_id() -> None:
+    totals = totals_after(
+        tally("a-1", 40, 2),
+        tally("a-1", 40, 2),  # republished after a crash: the same tally
+        tally("b-1", 7, 0),
+        ("order.rejected", {**BASE, "reason": "sold_out"}),  # from before tallies
+    )
+    assert {k: v for k, v in totals.items() if v} == {"attempts": 50, "rejected_sold_out": 48}
+
+
 def test_released_and_expired_give_units_back_and_count_once() -> None:
     confirmed = ("reservation.confirmed", {**BASE, "total_cents": 1000, "expires_at": "x"})
     other = {**BASE, "order_id": "o2"}

@@ -25,7 +25,7 @@ from services.inventory.domain import LotInput, PlacedOrder
 from services.inventory.journal_store import JournalStore
 from services.inventory.lot_journal import JournalHead
 from services.inventory.stock_store import StockStore
-from services.live_orders.domain import Listing, TransitionRequest
+from services.live_orders.domain import Listing, Order, TransitionRequest
 from services.live_orders.order_store import OrderStore
 from services.live_orders.redis_keys import RedisKeys, new_order_id
 from services.live_orders.session_store import SessionStore
@@ -182,6 +182,24 @@ async def test_live_orders_scripts_stay_in_one_slot(calls: list[Any]) -> None:
         )
     for sku in SKUS:
         await recording(sold_out.record(sku, sold_out=True, partition=0, offset=1))
+    refused = Order(
+        order_id=new_order_id("buyer-1"),
+        status="rejected",
+        session_id="s1",
+        sku="crab",
+        buyer_id="buyer-1",
+        quantity=1,
+        unit_price_cents=100,
+        total_cents=100,
+        per_user_limit=2,
+        placed_at="t",
+        placed_ms=1,
+        updated_at="t",
+        reason="sold_out",
+    )
+    # The outbox and the tallies: one slot, so an order leaves the one and is counted in
+    # the other atomically.
+    await recording(orders.tally_refused([refused], tally_id="t1", now_ms=1, now="t"))
     assert_one_slot(
         calls,
         scripts_of("services.live_orders.lua"),
