@@ -63,6 +63,7 @@ class OrderStore:
         pipeline: TickPipeline | None = None,
     ) -> None:
         self._retention_s = retention_s
+        self._key_ttl_s = min(IDEMPOTENCY_TTL_S, retention_s)
         self._pipeline = pipeline or TickPipeline(redis)
         self._keys = keys
         self._place = LuaScript(LUA, "place_order.lua")
@@ -102,11 +103,14 @@ class OrderStore:
                 candidate.order_id,
                 fingerprint,
                 # Never longer than the order it names may live (a short LC_ORDER_RETENTION_S).
-                min(IDEMPOTENCY_TTL_S, self._retention_s),
+                self._key_ttl_s,
                 now_ms,
                 PUBLISH_LEASE_MS,
                 self._keys.order_key_prefix,
-                self._retention_s,
+                # An order born rejected (sold out, not on sale) holds nothing and was never
+                # paid: it lives as long as the key that names it, not LC_ORDER_RETENTION_S.
+                # A sale's refusals outnumber its orders a hundred to one.
+                self._key_ttl_s,
                 orjson.dumps(fields),
             ],
             before=("ZADD", self._keys.outbox, now_ms, candidate.order_id),

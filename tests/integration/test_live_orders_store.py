@@ -206,6 +206,11 @@ async def test_final_orders_expire_after_the_retention_and_live_ones_never(redis
     long_kept = OrderStore(redis, keys, retention_s=30 * 24 * 3600)
     await create(long_kept, an_order("kept"))
     assert 23 * 3600 < await redis.ttl(keys.idempotency(buyer, "kept")) <= 24 * 3600
+    # An order refused by live_orders itself lives as long as its key, not 30 days: a
+    # sale's refusals outnumber its orders, and they hold neither stock nor money.
+    await create(long_kept, an_order("refused-kept", "rejected"))
+    assert 23 * 3600 < await redis.ttl(keys.order("refused-kept")) <= 24 * 3600
+    assert 23 * 3600 < await redis.ttl(keys.idempotency(buyer, "refused-kept")) <= 24 * 3600
 
     reserved = await store.transition(
         order_id="live", target="reserved", allowed_from=["pending"], now="t1", fields={}

@@ -7,7 +7,7 @@
 -- ARGV[4] request fingerprint   ARGV[5] idempotency record TTL (s)
 -- ARGV[6] now (epoch ms)   ARGV[7] publish lease (ms)
 -- ARGV[8] order key prefix (`<prefix>lo:{u:`): the key of an order named by a stored record
--- ARGV[9] retention of an order born final (s)
+-- ARGV[9] retention of an order born final (s): as long as its idempotency record
 -- ARGV[10] JSON array [field, value, ...] of the new order, without order_id (one argument,
 --          not twenty: the client's cost of a command grows with its argument count)
 -- Returns {"limited", retry_after_ms}
