@@ -13,8 +13,8 @@ BENCH_ARGS ?=
 
 .PHONY: help install system-deps fetch up down ps logs demo test test-unit test-integration \
         up-cluster down-cluster ps-cluster test-cluster \
-        lint typecheck fmt check bench bench-lua bench-aio-burst soak token journal-verify reconcile \
-        chaos clean
+        lint typecheck fmt check bench bench-scale bench-lua bench-aio-burst soak token journal-verify \
+        reconcile chaos clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -86,6 +86,9 @@ check: lint typecheck test ## lint, typecheck and the whole suite
 
 bench: up ## wrk load harness: L0, order path, sold-out, launch burst; CPU/RSS (BENCH_ARGS=...)
 	@$(PY) -m bench.http_load --env-file .run/stack.env $(BENCH_ARGS)
+
+bench-scale: up ## decided orders/s and sold-out rejections/s, 1 vs 2 processes of each service (BENCH_ARGS=...)
+	@$(PY) -m bench.scale_out --env-file .run/stack.env $(BENCH_ARGS)
 
 bench-lua: up ## decided orders/s by orders per Lua call (StockStore.reserve_batch on Redis)
 	@$(PY) -m bench.reserve_batch_sizes --env-file .run/stack.env

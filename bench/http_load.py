@@ -38,25 +38,33 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 
 from bench.empty_handler import default_loop
-from bench.flash_sale import Answer, ApiError, Endpoints, SaleClient
+from bench.flash_sale import ApiError, Endpoints, SaleClient
 from bench.load_report import append, progress_line, record, render
-from bench.procstat import (
-    ProcError,
-    idle_rates,
-    rss_kib,
-    sample_cpu,
-    stack_pids,
-    wait_until_quiet,
+from bench.order_load import (
+    HOST_ID,
+    BenchError,
+    OrderLoad,
+    ScenarioResult,
+    add_cpu_arguments,
+    add_order_arguments,
+    add_stack_arguments,
+    fast_path_count,
+    mint_buyers,
+    new_sku,
+    open_decided_sale,
+    open_sold_out_sale,
+    timed_plan,
 )
-from bench.wrk_runner import WrkError, WrkPlan, WrkResult, run_wrk, write_tokens
+from bench.procstat import ProcError, idle_rates, rss_kib, stack_pids
+from bench.wrk_runner import WrkError, WrkPlan, WrkResult, run_wrk
 from deploy.local.stack import (
     ROOT,
     SERVICES,
@@ -64,16 +72,12 @@ from deploy.local.stack import (
     free_port,
     http_ok,
     read_env_file,
-    run_dir,
     wait_until,
 )
-from services.common.auth import mint_token
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("l0", "decided", "sold_out", "burst")
-HOST_ID = "host-bench"
 PROFILEABLE = (*SERVICES, "empty_handler")  # Python processes py-spy can sample
-FAST_PATH_METRIC = "lc_live_orders_fast_path_rejections_total"
 
 # Checks of the launch burst that are correctness, not speed: a failure fails `make bench`.
 # (all_attempts_sent/answered are reported only: socket errors are the machine's doing.)
@@ -81,62 +85,21 @@ INVARIANTS = frozenset(
     {"no_5xx", "reserved_plus_sold_within_units", "stock_conserved", "created_within_units"}
 )
 
-T = TypeVar("T")
+# ScenarioResult lives in order_load; the tests import it from here.
+__all__ = ["Bench", "ScenarioResult", "main"]
 
 
-class BenchError(RuntimeError):
-    """A scenario could not be set up; the message says why."""
+@dataclass(kw_only=True)
+class Bench(OrderLoad):
+    """OrderLoad, plus the empty handler L0 measures and py-spy's state."""
 
-
-@dataclass
-class ScenarioResult:
-    """One scenario of one run."""
-
-    name: str  # l0, decided_64, decided_8, sold_out_64, burst
-    connections: int
-    wrk: WrkResult
-    cpu_s: dict[str, float]  # process -> CPU seconds used during the scenario, idle removed
-    cpu_raw_s: dict[str, float]  # the same with the idle share left in
-    window_s: float  # from the reading before the load to the one after it settled
-    settled: bool
-    settle_s: float  # how long the after-reading waited for the CPU to fall back to idle
-    profiled: str | None = None  # the flame graph written during this scenario
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def cpu_us_per_answer(self) -> dict[str, float]:
-        answered = max(self.wrk.answered, 1)
-        return {name: s * 1e6 / answered for name, s in self.cpu_s.items()}
-
-    def wrk_us_per_answer(self) -> float:
-        return self.wrk.wrk_cpu_s * 1e6 / max(self.wrk.answered, 1)
-
-
-@dataclass
-class Bench:
-    """What every scenario needs: the stack, its processes, the load generator's inputs."""
-
-    args: argparse.Namespace
-    client: SaleClient
-    http: aiohttp.ClientSession
-    endpoints: Endpoints
-    run_dir: Path
-    workdir: Path
-    nonce: str
     handler_url: str
     handler_pid: int
-    idle: dict[str, float] = field(default_factory=dict)
-    buyer_tokens: Path = Path()
     profiled: bool = False  # py-spy runs once per invocation
 
     def stack(self) -> dict[str, int]:
         # Read again for every scenario: the services may have been restarted since.
         return stack_pids(self.run_dir)
-
-    def timeout_s(self) -> int:
-        return int(self.args.wait) + 5
-
-    def orders_path(self, session_id: str) -> str:
-        return f"/v1/sessions/{session_id}/orders?wait={self.args.wait:g}"
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -147,32 +110,18 @@ async def measure(
 ) -> ScenarioResult:
     """Run `plan` and attribute the CPU time of `pids` (before -> after the load and the
     asynchronous work it queued) to its answers."""
-    before = sample_cpu(pids)
-    profiler = start_profiler(bench, name, plan)
-    try:
-        result = await asyncio.to_thread(run_wrk, plan, bench.workdir, name)
-    finally:
-        profiled = finish_profiler(profiler)
-    quiet = await wait_until_quiet(
-        pids,
-        bench.idle,
-        margin_cores=bench.args.settle_margin,
-        deadline_s=bench.args.settle_timeout,
-    )
-    window = quiet.sample.at - before.at
-    raw = quiet.sample.seconds_since(before)
-    net = {n: max(0.0, used - bench.idle.get(n, 0.0) * window) for n, used in raw.items()}
-    scenario = ScenarioResult(
-        name=name,
-        connections=plan.connections,
-        wrk=result,
-        cpu_s=net,
-        cpu_raw_s=raw,
-        window_s=window,
-        settled=quiet.settled,
-        settle_s=quiet.waited_s,
-        profiled=profiled,
-        extra=dict(extra),
+
+    async def load() -> tuple[WrkResult, str | None]:
+        profiler = start_profiler(bench, name, plan)
+        try:
+            result = await asyncio.to_thread(run_wrk, plan, bench.workdir, name)
+        finally:
+            profiled = finish_profiler(profiler)
+        return result, profiled
+
+    (result, profiled), cpu = await bench.measure(pids, load)
+    scenario = ScenarioResult.of(
+        name, plan.connections, result, cpu, profiled=profiled, extra=extra
     )
     print(progress_line(scenario), flush=True)
     return scenario
@@ -227,65 +176,6 @@ def finish_profiler(profiler: Profiler | None) -> str | None:
     return str(profiler.output.relative_to(ROOT))
 
 
-# ---------------------------------------------------------------------------- set-up helpers
-
-
-def mint_buyers(bench: Bench, path: Path, prefix: str, count: int) -> Path:
-    """`count` buyer tokens (sub `<prefix>-<i>`), one per line, for orders.lua."""
-    secret = bench.endpoints.jwt_secret
-    ttl = 12 * 3600
-    write_tokens(
-        path,
-        (mint_token(secret, sub=f"{prefix}-{i}", role="buyer", ttl_s=ttl) for i in range(count)),
-    )
-    return path
-
-
-async def place(bench: Bench, session_id: str, sku: str, buyer: str, *, wait: float = 5) -> Answer:
-    return await bench.client.place_order(
-        buyer=buyer, session_id=session_id, sku=sku, quantity=1, key=uuid.uuid4().hex, wait=wait
-    )
-
-
-async def fast_path_count(bench: Bench) -> float | None:
-    """live_orders' count of attempts refused as sold out without asking inventory, from
-    its /metrics (None if that metric is not exported)."""
-    async with bench.http.get(f"{bench.endpoints.live_orders}/metrics") as response:
-        text = await response.text()
-    for line in text.splitlines():
-        if line.startswith(FAST_PATH_METRIC + " "):
-            return float(line.split()[1])
-    return None
-
-
-async def poll(
-    what: str, deadline_s: float, probe: Callable[[], Awaitable[T]], interval_s: float = 0.2
-) -> T:
-    """Call `probe` until it returns something true; that value."""
-    end = time.monotonic() + deadline_s
-    last: T | None = None
-    while time.monotonic() < end:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(interval_s)  # polling interval
-    raise BenchError(f"{what}: not within {deadline_s:.0f}s (last: {last!r})")
-
-
-def timed_plan(bench: Bench, base_url: str, path: str, sku: str, connections: int) -> WrkPlan:
-    return WrkPlan(
-        base_url=base_url,
-        path=path,
-        sku=sku,
-        tokens_file=bench.buyer_tokens,
-        nonce=f"{bench.nonce}-{uuid.uuid4().hex[:8]}",
-        connections=connections,
-        threads=bench.args.threads,
-        duration_s=bench.args.duration,
-        timeout_s=bench.timeout_s(),
-    )
-
-
 # ---------------------------------------------------------------------------- scenarios
 
 
@@ -301,20 +191,8 @@ async def scenario_l0(bench: Bench) -> list[ScenarioResult]:
 
 
 async def scenario_decided(bench: Bench) -> list[ScenarioResult]:
-    sku = f"bench-{uuid.uuid4().hex[:8]}"
-    session_id = await bench.client.start_sale(
-        sku,
-        units=bench.args.stock,
-        host_id=HOST_ID,
-        price_cents=100,
-        per_user_limit=bench.args.per_user_limit,
-    )
-    warmup = f"bench-{bench.nonce}-warmup"
-
-    async def reserved() -> bool:
-        return (await place(bench, session_id, sku, warmup)).status == 201
-
-    await poll("a 201 from the decided path", 30, reserved)
+    sku = new_sku()
+    session_id = await open_decided_sale(bench, sku)
     results = []
     for connections in (bench.args.connections, bench.args.low_connections):
         plan = timed_plan(
@@ -325,31 +203,8 @@ async def scenario_decided(bench: Bench) -> list[ScenarioResult]:
 
 
 async def scenario_sold_out(bench: Bench) -> list[ScenarioResult]:
-    sku = f"bench-{uuid.uuid4().hex[:8]}"
-    session_id = await bench.client.start_sale(
-        sku, units=1, host_id=HOST_ID, price_cents=100, per_user_limit=1
-    )
-    sold = await place(bench, session_id, sku, f"bench-{bench.nonce}-seller")
-    if sold.status != 201:
-        raise BenchError(f"selling the one unit of {sku} answered {sold.status}: {sold.body}")
-    probes = iter(range(1_000_000))
-    counted = await fast_path_count(bench)
-
-    async def refused_by_fast_path() -> bool:
-        # A fresh buyer per probe: probes spend rate-limit tokens too.
-        answer = await place(bench, session_id, sku, f"bench-{bench.nonce}-probe-{next(probes)}")
-        body = answer.body if isinstance(answer.body, dict) else {}
-        if answer.status != 409 or body.get("reason") != "sold_out":
-            return False
-        # The first sold_out answers may still be inventory's decision; wait until
-        # live_orders itself knows (its fast-path counter moves), when the metric exists.
-        nonlocal counted
-        now = await fast_path_count(bench)
-        moved = counted is None or now is None or now > counted
-        counted = now
-        return moved
-
-    await poll("a 409 sold_out from the fast path", 30, refused_by_fast_path)
+    sku = new_sku()
+    session_id = await open_sold_out_sale(bench, sku)
     before = await fast_path_count(bench)
     plan = timed_plan(
         bench,
@@ -367,7 +222,7 @@ async def scenario_sold_out(bench: Bench) -> list[ScenarioResult]:
 
 async def scenario_burst(bench: Bench, run: int) -> list[ScenarioResult]:
     args = bench.args
-    sku = f"bench-{uuid.uuid4().hex[:8]}"
+    sku = new_sku()
     tokens = mint_buyers(
         bench,
         bench.workdir / f"burst-buyers-{run}.txt",
@@ -540,11 +395,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    default_run_dir = run_dir()
-    parser.add_argument("--env-file", type=Path, default=default_run_dir / "stack.env")
-    parser.add_argument(
-        "--run-dir", type=Path, default=default_run_dir, help="where `make up` keeps pids/"
-    )
+    add_stack_arguments(parser)
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole set, interleaved")
     parser.add_argument(
         "--scenarios",
@@ -555,10 +406,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--low-connections", type=int, default=8, help="decided path, 2nd run")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
-    parser.add_argument("--wait", type=float, default=5, help="?wait= of every order POST")
-    parser.add_argument("--buyers", type=int, default=10_000, help="token pool (decided)")
-    parser.add_argument("--stock", type=int, default=10_000_000, help="units (decided)")
-    parser.add_argument("--per-user-limit", type=int, default=1_000_000, help="(decided)")
+    add_order_arguments(parser, buyers_help="token pool (decided)")
     parser.add_argument("--burst-attempts", type=int, default=200_000)
     parser.add_argument("--burst-buyers", type=int, default=50_000)
     parser.add_argument("--burst-units", type=int, default=1_000)
@@ -573,16 +421,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=("uvloop", "asyncio"),
         help="event loop of the empty handler (default: the stack's LC_EVENT_LOOP, else uvloop)",
     )
-    parser.add_argument(
-        "--idle-seconds", type=float, default=5, help="idle CPU: the quietest second of this many"
-    )
-    parser.add_argument(
-        "--settle-margin",
-        type=float,
-        default=0.1,
-        help="cores above idle that still count as caught up",
-    )
-    parser.add_argument("--settle-timeout", type=float, default=120)
+    add_cpu_arguments(parser)
     parser.add_argument("--profile", choices=PROFILEABLE, help="py-spy one process")
     parser.add_argument(
         "--profile-scenario",

@@ -5,6 +5,9 @@ appended to bench/results/history.jsonl); `render()` prints the tables from that
 alone, so any line of the history can be printed again:
 
     python -m bench.load_report [bench/results/history.jsonl] [--line -1]
+
+`make bench-scale` (bench/scale_out.py) appends its lines to the same history, marked
+`"bench": "scale_out"`; those are printed by its own `render`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bench.procstat import CLK_TCK, STACK
 from deploy.local.stack import ROOT
 
 if TYPE_CHECKING:
-    from bench.http_load import ScenarioResult
+    from bench.order_load import ScenarioResult
 
 SCHEMA = 1
 
@@ -72,6 +75,18 @@ def machine() -> dict[str, Any]:
         "wrk": _wrk_version(),
         "clk_tck": CLK_TCK,
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def provenance(args: Mapping[str, Any]) -> dict[str, Any]:
+    """What every history line opens with: when, which code, which machine, which options."""
+    return {
+        "schema": SCHEMA,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "machine": machine(),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in args.items()},
     }
 
 
@@ -154,12 +169,7 @@ def record(
 ) -> dict[str, Any]:
     by_name = [{r.name: scenario_dict(r) for r in run} for run in runs]
     return {
-        "schema": SCHEMA,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "machine": machine(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in args.items()},
+        **provenance(args),
         "idle_cpu_cores": dict(idle),
         "rss_kib": {"idle": dict(rss_idle), "after": dict(rss_after)},
         "runs": by_name,
@@ -177,7 +187,7 @@ def append(path: Path, entry: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------- render
 
 
-def _fmt(value: float | None, digits: int = 0) -> str:
+def fmt(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
@@ -222,13 +232,13 @@ def render(entry: Mapping[str, Any]) -> str:
             [
                 name,
                 str(s["connections"]),
-                _fmt(med["req_per_s"]),
-                "1.00x" if name == "l0" else f"{_fmt(med['ratio_to_l0'], 3)}x",
-                _fmt(med["p50_ms"], 1),
-                _fmt(med["p99_ms"], 1),
+                fmt(med["req_per_s"]),
+                "1.00x" if name == "l0" else f"{fmt(med['ratio_to_l0'], 3)}x",
+                fmt(med["p50_ms"], 1),
+                fmt(med["p99_ms"], 1),
                 str(sum(s["socket_errors"].values())),
-                _fmt(med["cpu_us_per_answer_total"]),
-                _fmt(med["wrk_cpu_us_per_answer"]),
+                fmt(med["cpu_us_per_answer_total"]),
+                fmt(med["wrk_cpu_us_per_answer"]),
             ]
         )
     out.append(
@@ -250,7 +260,7 @@ def render(entry: Mapping[str, Any]) -> str:
     out.append("")
     out.append("answers by status (last run):")
     for name, s in last.items():
-        out.append(f"  {name:<12} {answers(s['statuses'], s['reasons'])}{_unexpected(name, s)}")
+        out.append(f"  {name:<12} {answers(s['statuses'], s['reasons'])}{unexpected(name, s)}")
         if "fast_path_rejections" in s:
             out.append(
                 f"  {'':<12} live_orders' fast-path counter moved by {s['fast_path_rejections']:,}"
@@ -268,9 +278,9 @@ def render(entry: Mapping[str, Any]) -> str:
         cpu_rows.append(
             [
                 name,
-                *(_fmt(per.get(p)) if p in per else "" for p in processes),
-                _fmt(med["cpu_us_per_answer_total"]),
-                _fmt(med["wrk_cpu_us_per_answer"]),
+                *(fmt(per.get(p)) if p in per else "" for p in processes),
+                fmt(med["cpu_us_per_answer_total"]),
+                fmt(med["wrk_cpu_us_per_answer"]),
             ]
         )
     out.append(table(["scenario", *processes, "sum", "wrk (not in sum)"], cpu_rows))
@@ -315,7 +325,7 @@ def render(entry: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def _unexpected(name: str, s: Mapping[str, Any]) -> str:
+def unexpected(name: str, s: Mapping[str, Any]) -> str:
     """A warning when a timed scenario got other answers than it is built to get."""
     statuses = s["statuses"]
     if name.startswith(("l0", "decided")) and set(statuses) - {"201"}:
@@ -353,7 +363,7 @@ def _burst(index: int, s: Mapping[str, Any]) -> str:
             f"on {s['units']:,} units, offered within {s['window_s']:g} s over "
             f"{s['connections']} connections",
             f"  sent {s['sent']:,}, answered {s['answered']:,}; last sent after "
-            f"{_fmt(last_sent, 2)} s, last answer after {s['seconds']:.2f} s "
+            f"{fmt(last_sent, 2)} s, last answer after {s['seconds']:.2f} s "
             f"({s['req_per_s']:,.0f} answers/s)",
             f"  answers: {answers(s['statuses'], s['reasons'])}; 5xx: {s['errors_5xx']}; "
             f"socket errors: {s['socket_errors']}",
@@ -373,7 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--line", type=int, default=-1, help="which entry (Python index)")
     args = parser.parse_args(argv)
     lines = [line for line in args.history.read_bytes().splitlines() if line.strip()]
-    print(render(orjson.loads(lines[args.line])))
+    entry = orjson.loads(lines[args.line])
+    if entry.get("bench") == "scale_out":
+        from bench.scale_out import render as render_scale_out  # noqa: PLC0415 (it imports us)
+
+        print(render_scale_out(entry))
+    else:
+        print(render(entry))
     return 0
 
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from deploy.local.stack import SERVICES
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Every process `make up` starts, named as its pid file under <run dir>/pids/.
 STACK = ("kafka", "redis", *SERVICES)
+
+T = TypeVar("T")
 
 
 class ProcError(RuntimeError):
@@ -172,3 +175,50 @@ async def wait_until_quiet(
                 return Settled(latest, latest.at - started, True)
         if latest.at - started > deadline_s:
             return Settled(latest, latest.at - started, False)
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """What processes spent on one load: from the reading before it to the one after the
+    work it queued was done (`wait_until_quiet`)."""
+
+    net_s: dict[str, float]  # process -> CPU seconds, idle rate x window subtracted
+    raw_s: dict[str, float]  # the same with the idle share left in
+    window_s: float
+    settled: bool
+    settle_s: float  # how long the after-reading waited for the CPU to fall back to idle
+    load_raw_s: dict[str, float]  # CPU seconds while the load itself ran (idle left in)
+    load_s: float  # how long the load itself ran
+
+    def busy_cores(self) -> float:
+        """How many cores the processes kept busy, on average, while the load ran."""
+        return sum(self.load_raw_s.values()) / self.load_s if self.load_s > 0 else 0.0
+
+
+async def cpu_during(
+    pids: Mapping[str, int],
+    idle: Mapping[str, float],
+    load: Callable[[], Awaitable[T]],
+    *,
+    margin_cores: float,
+    deadline_s: float,
+) -> tuple[T, CpuUse]:
+    """Run `load` and attribute the CPU time of `pids` (before -> after the load and the
+    asynchronous work it queued) to it, each process's idle rate (`idle_rates`) x the
+    window taken off."""
+    before = sample_cpu(pids)
+    outcome = await load()
+    loaded = sample_cpu(pids)
+    quiet = await wait_until_quiet(pids, idle, margin_cores=margin_cores, deadline_s=deadline_s)
+    window = quiet.sample.at - before.at
+    raw = quiet.sample.seconds_since(before)
+    net = {name: max(0.0, used - idle.get(name, 0.0) * window) for name, used in raw.items()}
+    return outcome, CpuUse(
+        net_s=net,
+        raw_s=raw,
+        window_s=window,
+        settled=quiet.settled,
+        settle_s=quiet.waited_s,
+        load_raw_s=loaded.seconds_since(before),
+        load_s=loaded.at - before.at,
+    )

@@ -16,6 +16,10 @@
 --
 -- Every wrk thread runs its own Lua state: counters are globals per thread, collected in
 -- done() through the thread objects that setup() kept.
+--
+-- histogram=1 (bench/scale_out.py) adds wrk's whole latency histogram to the result (the
+-- count of every 1 µs bucket that has one), so the histograms of wrk instances that ran
+-- side by side can be added up and their percentiles taken together.
 
 local function read_config(path)
    local cfg = {}
@@ -83,6 +87,29 @@ local function json(value)
    return "null"
 end
 
+-- wrk's latency histogram as {µs = count}: every bucket that holds an answer (after wrk's
+-- own coordinated-omission correction, which its percentiles are taken from too).
+local function histogram(latency)
+   local buckets = {}
+   if type(latency[1]) == "number" then
+      -- wrk after 4.1: latency[i] is the count of bucket i-1 (µs)
+      for us = latency.min, latency.max do
+         local count = latency[us + 1]
+         if count > 0 then
+            buckets[us] = count
+         end
+      end
+   else
+      -- wrk 4.1 (Debian's): #latency buckets are occupied, latency(i) is the i-th one's
+      -- (value, count)
+      for i = 1, #latency do
+         local us, count = latency(i)
+         buckets[us] = count
+      end
+   end
+   return buckets
+end
+
 function done(summary, latency, requests)
    local result = {
       duration_us = summary.duration,
@@ -101,6 +128,13 @@ function done(summary, latency, requests)
       },
       threads = {},
    }
+   if cfg.histogram == "1" then
+      -- Reading the histogram is wrk's work but not load generation: its CPU time (all
+      -- other threads have stopped) is reported so that it can be taken out again.
+      local started = os.clock()
+      result.latency_histogram_us = histogram(latency)
+      result.histogram_cpu_s = os.clock() - started
+   end
    for _, thread in ipairs(thread_objects) do
       result.threads[tostring(thread:get("id"))] = {
          sent = thread:get("sent"),

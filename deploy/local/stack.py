@@ -566,9 +566,13 @@ def up() -> None:
     print(f"environment written to {base / 'stack.env'}", flush=True)
 
 
-def down(base: Path | None = None, names: Sequence[str] = (*SERVICES, "redis", "kafka")) -> None:
+def down(base: Path | None = None, names: Sequence[str] | None = None) -> None:
     """Stop what the pid files under `base` (default: the run dir) name, in this order:
-    services first (they flush and leave their consumer groups), then the data stores."""
+    services first (they flush and leave their consumer groups), then the data stores.
+    Default: the stack, and any other process with a pid file there (the second service
+    processes of `make bench-scale`, had it been killed before it stopped them)."""
+    if names is None:
+        names = (*SERVICES, *extra_processes(base), "redis", "kafka")
     for name in names:
         pid = _read_pid(name, base)
         if pid is None:
@@ -588,6 +592,13 @@ def down(base: Path | None = None, names: Sequence[str] = (*SERVICES, "redis", "
                 os.killpg(pid, signal.SIGKILL)
         _pid_file(name, base).unlink(missing_ok=True)
         print(f"{name:<12} stopped (pid {pid})", flush=True)
+
+
+def extra_processes(base: Path | None = None) -> list[str]:
+    """Pid files under `base` that name no process `up` starts."""
+    known = {*SERVICES, "redis", "kafka"}
+    pids = (base or run_dir()) / "pids"
+    return sorted(p.stem for p in pids.glob("*.pid") if p.stem not in known)
 
 
 def ps() -> None:
