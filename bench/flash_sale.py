@@ -321,6 +321,11 @@ async def run_burst(
             order = answer.body if isinstance(answer.body, dict) else {}
             while answer.status == 202:
                 follow = await client.order(buyer=buyer, order_id=order["order_id"], wait=5)
+                if follow.status != 200:
+                    # Accepted, but not readable now (503 while a backend fails over): it
+                    # stays a 202, kept in `final` for read_back to settle. Never taken
+                    # for a rejection (a problem+json body has a numeric `status`).
+                    break
                 order = follow.body
                 if order.get("status") != "pending":
                     answer = Answer(

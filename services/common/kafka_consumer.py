@@ -19,13 +19,13 @@ import base64
 import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from services.common.background import cancel_requested, stop_tasks
+from services.common.background import cancel_requested, run_concurrently, stop_tasks
 from services.common.consumed import ConsumedEvent
 from services.common.events import Envelope, InvalidEvent, Publisher, receive
 from services.common.messages import EventDeadLettered, Message
@@ -148,6 +148,19 @@ class ConsumerRunner:
         await self._consumer.start()
         self._last_poll = time.monotonic()
         self._task = asyncio.create_task(self._run(), name=f"consumer:{self.group}")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """Only `stop()` ends the consumer; should anything else, say so at once (the
+        task's error would otherwise surface only when stop() awaits it)."""
+        if self._stopping:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error(
+            "consumer stopped while it should run",
+            extra={"group": self.group},
+            exc_info=error,
+        )
 
     async def stop(self) -> None:
         """Finish the batch in flight (for up to 5 s), commit it, leave the group. A batch
@@ -165,34 +178,78 @@ class ConsumerRunner:
             await self._consumer.stop()
 
     async def _run(self) -> None:
+        """Poll and handle until `stop()`. Nothing else ends this loop: a task that ended on
+        its own would keep its partitions (aiokafka heartbeats in a task of its own) and
+        leave them unconsumed, with nothing in the log and lag growing. A failed round
+        (the handler is retried in `_call_handler`; what is left is a dead-letter publish,
+        a poll) is logged, its partitions rewound to their first unhandled offset, and
+        polling resumes after a pause."""
         assert self._consumer is not None
-        consumer = self._consumer
+        failures = 0
         while True:
-            # While offsets wait for their commit, poll often enough to commit them on time.
-            timeout_ms = int(self._commit_interval_s * 1000) if self._uncommitted else 500
-            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
-            self._last_poll = time.monotonic()
-            batches = {tp: records for tp, records in batches.items() if records}
-            if self._adaptive_fetch:
-                self._adapt_fetches(consumer, sum(len(r) for r in batches.values()))
-            if not batches:
-                if self._uncommitted and self._commit_due():
-                    async with self.processing:
-                        await self.commit_pending()
-                continue
-            async with self.processing:
-                # The lock is held for one poll's batches: a revocation waits for them
-                # (at most max_records records), then their offsets are committed.
+            try:
+                await self._poll_once(self._consumer)
+            except Exception:
                 if self._stopping:
                     return
-                owned = {tp: r for tp, r in batches.items() if tp in consumer.assignment()}
-                # Partitions hold different keys (SKUs, warehouses), so their batches are
-                # independent: handled at once, then committed in one request.
-                await asyncio.gather(*(self._handle_partition(r) for r in owned.values()))
-                for tp, records in owned.items():
-                    self._uncommitted[tp] = records[-1].offset + 1
-                if self._commit_due():
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                delay = RETRY_BACKOFF_S[min(failures, len(RETRY_BACKOFF_S) - 1)]
+                log.exception(
+                    "consumer round failed; polling again from the first unhandled offsets",
+                    extra={"group": self.group, "attempt": failures, "retry_in_s": delay},
+                )
+                failures += 1
+                await asyncio.sleep(delay)
+                continue
+            if self._stopping:
+                return
+            if failures:
+                failures = 0
+                self._failing_since = None
+
+    async def _poll_once(self, consumer: AIOKafkaConsumer) -> None:
+        # While offsets wait for their commit, poll often enough to commit them on time.
+        timeout_ms = int(self._commit_interval_s * 1000) if self._uncommitted else 500
+        batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=self._max_records)
+        self._last_poll = time.monotonic()
+        batches = {tp: records for tp, records in batches.items() if records}
+        if self._adaptive_fetch:
+            self._adapt_fetches(consumer, sum(len(r) for r in batches.values()))
+        if not batches:
+            if self._uncommitted and self._commit_due():
+                async with self.processing:
                     await self.commit_pending()
+            return
+        async with self.processing:
+            # The lock is held for one poll's batches: a revocation waits for them
+            # (at most max_records records), then their offsets are committed.
+            if self._stopping:
+                return
+            owned = {tp: r for tp, r in batches.items() if tp in consumer.assignment()}
+            # Partitions hold different keys (SKUs, warehouses), so their batches are
+            # independent: handled at once, then committed in one request. One that
+            # fails stops the others (run_concurrently), so a rewound batch is never
+            # handled twice at the same time.
+            try:
+                await run_concurrently(*(self._handle_partition(r) for r in owned.values()))
+            except BaseException:
+                # The next poll must return these records again, not the ones after them:
+                # a later commit would otherwise pass over events never handled.
+                self._rewind(consumer, owned)
+                raise
+            for tp, records in owned.items():
+                self._uncommitted[tp] = records[-1].offset + 1
+            if self._commit_due():
+                await self.commit_pending()
+
+    def _rewind(
+        self, consumer: AIOKafkaConsumer, batches: Mapping[TopicPartition, list[ConsumerRecord]]
+    ) -> None:
+        assigned = consumer.assignment()
+        for tp, records in batches.items():
+            if tp in assigned:
+                consumer.seek(tp, records[0].offset)
 
     async def _handle_partition(self, records: list[ConsumerRecord]) -> None:
         events: list[ConsumedEvent[Message]] = []
@@ -288,7 +345,9 @@ class ConsumerRunner:
                 async with asyncio.timeout(self._settings.handler_timeout_s):
                     await self._handler(events)
             except Exception:
-                if cancel_requested():
+                # Stopping, or cancelled by a failed sibling partition (a library may have
+                # turned the CancelledError into its own error): give up the batch.
+                if self._stopping or cancel_requested():
                     raise
                 self._metrics.handler_failures.labels(self.group).inc()
                 if self._failing_since is None:

@@ -32,6 +32,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
+from services.common.redis_connections import use_guarded_connections
 from services.common.settings import is_cluster_url
 
 KeyT = str | bytes
@@ -145,7 +146,7 @@ def create_redis_cluster(
     scheme = url.split("://", 1)[0]
     split = urlsplit(url.replace(scheme, "redis", 1).split(",", 1)[0])
     tls = scheme in ("rediss", "rediss+cluster")
-    return RedisCluster(
+    cluster = RedisCluster(
         startup_nodes=[ClusterNode(host, port) for host, port in cluster_seeds(url)],
         username=unquote(split.username) if split.username else None,
         password=unquote(split.password) if split.password else None,
@@ -157,3 +158,6 @@ def create_redis_cluster(
         retry=_retry(),
         **(security or {}),
     )
+    # A command caught by the client resetting itself mid-failover fails as a lost
+    # connection (retried, or 503), not as an AttributeError (500): redis_connections.py.
+    return use_guarded_connections(cluster)

@@ -277,8 +277,12 @@ class Settings:
                 "LC_KAFKA_SSL_* is set but LC_KAFKA_SECURITY_PROTOCOL="
                 f"{self.kafka_security_protocol} is not SSL or SASL_SSL"
             )
-        if self.redis_ssl_cafile and not self.redis_url.startswith("rediss://"):
-            raise SettingsError("LC_REDIS_SSL_CAFILE is set but LC_REDIS_URL is not rediss://")
+        if self.redis_ssl_cafile and not self.redis_url.startswith(
+            ("rediss://", "rediss+cluster://")
+        ):
+            raise SettingsError(
+                "LC_REDIS_SSL_CAFILE is set but LC_REDIS_URL is not rediss:// or rediss+cluster://"
+            )
         return self
 
     def replace(self, **changes: object) -> Settings:

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 
+from services.common import task_dump
 from services.common.auth import Principal, Role, TokenVerifier, authenticate, require_role
 from services.common.identifiers import ID_RULE, is_valid_id
 from services.common.json_logging import configure_logging
@@ -482,6 +483,8 @@ def _require_json_content_type(request: web.Request) -> None:
 
 def run(app: web.Application, settings: Settings) -> None:
     loop = uvloop.new_event_loop() if settings.event_loop == "uvloop" else asyncio.new_event_loop()
+    # `kill -USR1 <pid>` logs every task and what it waits for (docs/operations.md).
+    task_dump.install(loop)
     web.run_app(
         app,
         loop=loop,

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypedDict, cast
 
+from services.common.background import run_concurrently
 from services.common.clock import epoch_ms, ms_to_rfc3339
 from services.common.consumed import ConsumedEvent
 from services.common.events import Outgoing, Publisher
@@ -184,11 +185,9 @@ class EventHandlers:
         plan = plan_runs(events, self.table)
         if not plan:
             return
-        # A task group, so that when one sku fails the others stop too and the retried
-        # batch never races leftovers of itself.
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._apply(sku, runs)) for sku, runs in plan.items()]
-        results = [task.result() for task in tasks]
+        # When one sku fails the others stop too, so the retried batch never races
+        # leftovers of itself (run_concurrently says why not asyncio.TaskGroup).
+        results = await run_concurrently(*(self._apply(sku, runs) for sku, runs in plan.items()))
         messages: list[Outgoing] = []
         for result in results:
             messages += result.messages

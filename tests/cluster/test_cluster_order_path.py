@@ -178,12 +178,6 @@ def master_of(ports: list[int], key: str) -> int:
     raise AssertionError(f"no master serves slot {slot}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug (#11, open): after the failover one inventory process's consumer stays "
-    "stuck mid-batch (lag > 0, no handler error logged) and its /readyz stays 503; the replica "
-    "is promoted and live_orders and notifier recover",
-)
 async def test_redis_master_killed_mid_burst_its_replica_takes_over(
     client: SaleClient, cluster_services: ClusterServices, cluster_backends: ClusterBackends
 ) -> None:
@@ -225,7 +219,10 @@ async def test_redis_master_killed_mid_burst_its_replica_takes_over(
         )
         assert stock["reserved"] == held <= STOCK
     finally:
-        await asyncio.to_thread(cluster_backends.restart_redis, victim)
+        if killed.is_set():
+            # Reaped (a killed child left unwaited is a ResourceWarning), then started again.
+            await asyncio.to_thread(node.proc.wait, 10)
+            await asyncio.to_thread(cluster_backends.restart_redis, victim)
 
 
 async def retry_failed(client: SaleClient, session_id: str, sku: str, result: BurstResult) -> int:

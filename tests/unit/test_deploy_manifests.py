@@ -2,8 +2,10 @@
 
 Dockerfile, .dockerignore, deploy/compose/compose.yaml and deploy/k8s/*.yaml are parsed
 and held to the properties the services rely on: the right ports and probes, non-root,
-the JWT secret from a Secret, Redis durability settings, and every `LC_*` variable known
-to services/common/settings.py (read from its source, not hard-coded here). Each
+the secrets from Secrets, Redis durability settings, every `LC_*` variable there known to
+services/common/settings.py (read from its source, not hard-coded here), and every variable
+settings.py reads set for every service, but for the exclusions listed (with the reason)
+in COMPOSE_UNSET and K8S_NOT_GIVEN. Each
 Kubernetes object is also validated against the official OpenAPI-derived JSON schemas
 bundled in `kubernetes-validate` (offline, strict: unknown fields fail).
 """
@@ -28,7 +30,12 @@ import pytest
 import yaml
 
 from deploy.local.stack import KAFKA_VERSION
-from services.common.settings import Settings, SettingsError
+from services.common.settings import (
+    SECRET_VARIABLES,
+    Settings,
+    SettingsError,
+    mask_url_password,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS_PY = ROOT / "services" / "common" / "settings.py"
@@ -181,6 +188,115 @@ def test_every_lc_variable_in_the_deploy_files_exists_in_settings() -> None:
     unknown = {name: sorted(where) for name, where in used.items() if name not in known}
     assert not unknown, f"not read by services/common/settings.py: {unknown}"
     assert "LC_JWT_SECRET" in used
+
+
+# LC_* variables a deploy file may leave unset, and why. Every other variable settings.py
+# reads must be set there (the tests below), so a setting added to settings.py cannot be
+# left out of the deployments again. An exclusion must name a variable settings.py reads
+# that the file indeed does not set.
+TRANSPORT_SECURITY = (
+    "LC_KAFKA_SECURITY_PROTOCOL",
+    "LC_KAFKA_SASL_MECHANISM",
+    "LC_KAFKA_SASL_USERNAME",
+    "LC_KAFKA_SASL_PASSWORD",
+    "LC_KAFKA_SSL_CAFILE",
+    "LC_KAFKA_SSL_CERTFILE",
+    "LC_KAFKA_SSL_KEYFILE",
+    "LC_REDIS_USERNAME",
+    "LC_REDIS_PASSWORD",
+    "LC_REDIS_SSL_CAFILE",
+)
+COMPOSE_UNSET = {
+    **{
+        name: "compose's own Kafka and Redis speak plain text without auth on its network"
+        for name in TRANSPORT_SECURITY
+    },
+    "LC_REDIS_CLUSTER": "compose runs one Redis, not a cluster",
+}
+# Kubernetes: variable -> (the Deployments not given it, why).
+K8S_NOT_GIVEN = {
+    "LC_TRACE_SECRET": (frozenset({"live-orders", "notifier"}), "only inventory makes trace codes"),
+}
+# Secrets: from a Secret in every Deployment that gets them, never in the ConfigMap.
+# LC_REDIS_URL is masked like a secret because it may carry a password; here it carries
+# none (LC_REDIS_PASSWORD does), which test_kubernetes_secrets_come_from_secrets checks.
+SECRETS = SECRET_VARIABLES - {"LC_REDIS_URL"}
+
+
+def own_port_only(module: str) -> set[str]:
+    """What settings.py reads for `module`: every variable but the other services' ports."""
+    others = {f"LC_{other.upper()}_PORT" for other in SERVICES if other != module}
+    return settings_variables() - others
+
+
+def test_the_exclusion_lists_name_real_variables() -> None:
+    known = settings_variables()
+    assert set(COMPOSE_UNSET) <= known
+    assert set(K8S_NOT_GIVEN) <= known
+    assert known >= SECRETS
+
+
+def test_every_settings_variable_is_set_for_every_compose_service() -> None:
+    for module, (name, _) in SERVICES.items():
+        environment = set(compose()["services"][name]["environment"])
+        missing = own_port_only(module) - environment - set(COMPOSE_UNSET)
+        assert not missing, f"{name}: not set in compose.yaml nor in COMPOSE_UNSET: {missing}"
+        stale = set(COMPOSE_UNSET) & environment
+        assert not stale, f"{name} sets {stale}: drop them from COMPOSE_UNSET"
+
+
+def deployment_env(deployment: dict[str, Any]) -> dict[str, str]:
+    """Variable -> where the container gets it (`configmap:<name>`, `secret:<name>`, ...)."""
+    container = _container(deployment)
+    configs = of_kind("ConfigMap")
+    given: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        name = source["configMapRef"]["name"]
+        given.update(dict.fromkeys(configs[name]["data"], f"configmap:{name}"))
+    for env in container.get("env", []):
+        if "value" in env:
+            given[env["name"]] = "value"
+        elif "secretKeyRef" in env["valueFrom"]:
+            given[env["name"]] = f"secret:{env['valueFrom']['secretKeyRef']['name']}"
+        else:
+            given[env["name"]] = "field"
+    return given
+
+
+def test_every_settings_variable_reaches_every_kubernetes_deployment() -> None:
+    for name, deployment in of_kind("Deployment").items():
+        given = set(deployment_env(deployment))
+        expected = {
+            variable
+            for variable in own_port_only(NAMES[name])
+            if name not in K8S_NOT_GIVEN.get(variable, (frozenset(), ""))[0]
+        }
+        missing = expected - given
+        assert not missing, f"{name}: neither in the ConfigMap nor its env: {missing}"
+        for variable, (left_out, _) in K8S_NOT_GIVEN.items():
+            if name in left_out:
+                assert variable not in given, f"{name} gets {variable}: update K8S_NOT_GIVEN"
+
+
+def test_kubernetes_secrets_come_from_secrets() -> None:
+    templates = {o["metadata"]["name"]: o for o in k8s_objects() if o["kind"] == "Secret"}
+    (config,) = of_kind("ConfigMap").values()
+    assert not SECRETS & set(config["data"]), "a secret in the ConfigMap"
+    assert mask_url_password(config["data"]["LC_REDIS_URL"]) == config["data"]["LC_REDIS_URL"]
+    for name, deployment in of_kind("Deployment").items():
+        given = deployment_env(deployment)
+        for variable in SECRETS & set(given):
+            assert given[variable].startswith("secret:"), (
+                f"{name}: {variable} from {given[variable]}"
+            )
+        for env in _container(deployment)["env"]:
+            ref = env.get("valueFrom", {}).get("secretKeyRef")
+            if ref is not None:
+                # Every Secret a pod needs is documented, with the key, in the template.
+                assert ref["key"] in templates[ref["name"]]["stringData"], (name, ref)
+        for volume in deployment["spec"]["template"]["spec"]["volumes"]:
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in templates, (name, volume)
 
 
 # ----------------------------------------------------------------------- Dockerfile
@@ -704,11 +820,19 @@ def test_configmap_gives_every_service_valid_production_settings() -> None:
     (config,) = of_kind("ConfigMap").values()
     data = config["data"]
     assert all(isinstance(v, str) for v in data.values()), "ConfigMap values are strings"
+    secrets = {name: GOOD_SECRET for name in SECRETS}
     for module, (_, port) in SERVICES.items():
-        settings = Settings.from_env(module, {**data, "LC_JWT_SECRET": GOOD_SECRET})
+        settings = Settings.from_env(module, {**data, **secrets})
         assert settings.http_port == port
         assert settings.topic_partitions == 12
         assert settings.topic_replication_factor == 3
+        assert settings.kafka_min_insync_replicas == 2
+        # Encrypted and authenticated to both backends.
+        assert settings.kafka_security_protocol == "SASL_SSL"
+        assert settings.kafka_sasl_mechanism.startswith("SCRAM-")
+        assert settings.redis_url.startswith(("rediss://", "rediss+cluster://"))
+        assert settings.redis_username and settings.redis_password
+        assert settings.handler_timeout_s > settings.redis_timeout_s
     assert len(data["LC_KAFKA_BOOTSTRAP"].split(",")) >= 2
 
 

@@ -88,9 +88,12 @@ def test_sasl_plaintext_has_no_tls_context() -> None:
     assert "ssl_context" not in kwargs and kwargs["sasl_mechanism"] == "PLAIN"
 
 
-def test_redis_password_username_and_ca_file() -> None:
+@pytest.mark.parametrize(
+    "url", ["rediss://redis.internal:6380/0", "rediss+cluster://r1.internal:6380,r2.internal:6380"]
+)
+def test_redis_password_username_and_ca_file(url: str) -> None:
     secured = settings(
-        LC_REDIS_URL="rediss://redis.internal:6380/0",
+        LC_REDIS_URL=url,
         LC_REDIS_USERNAME="inventory",
         LC_REDIS_PASSWORD=REDIS_PASSWORD,
         LC_REDIS_SSL_CAFILE="/etc/ssl/redis-ca.pem",
