@@ -334,6 +334,14 @@ async def run_all(bench: Bench) -> dict[str, Any]:
             else:
                 results += await scenario_burst(bench, run)
         runs.append(results)
+    # The broker keeps compiling and settling for a minute or more after `make up`, so an
+    # idle rate read just before the first run can overstate its idle CPU, and subtracting
+    # it understates what the load cost (to nothing, at times). The quieter of the readings
+    # before and after the runs is each process's idle rate.
+    print(f"measuring idle CPU again for {args.idle_seconds:g}s ...", flush=True)
+    after = await idle_rates(pids, args.idle_seconds)
+    bench.idle = {name: min(rate, after.get(name, rate)) for name, rate in bench.idle.items()}
+    runs = [[result.with_idle(bench.idle) for result in results] for results in runs]
     rss_after = rss_all(bench)
     if args.profile and not bench.profiled:
         print(f"no scenario named {args.profile_scenario} ran: nothing profiled", flush=True)

@@ -294,7 +294,7 @@ def render(entry: Mapping[str, Any]) -> str:
         f"before the load and again once the stack's CPU rate over 1 s fell back to its idle "
         f"rate + {args['settle_margin']} core (the consumers caught up; polled every 0.25 s, "
         f"deadline {args['settle_timeout']:g} s); idle CPU (the quietest 1 s "
-        f"of {args['idle_seconds']:g} s before any load) "
+        f"of {args['idle_seconds']:g} s, the lower of a reading before and one after the runs) "
         f"({', '.join(f'{k} {v * 100:.1f}%' for k, v in idle.items())} of a core) is "
         f"subtracted for the window. Waited after the load (last run): {settle}."
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -79,6 +80,14 @@ class ScenarioResult:
             profiled=profiled,
             extra=dict(extra or {}),
         )
+
+    def with_idle(self, idle: Mapping[str, float]) -> ScenarioResult:
+        """The same, with `idle` (process -> cores) subtracted from the raw CPU instead."""
+        net = {
+            n: max(0.0, used - idle.get(n, 0.0) * self.window_s)
+            for n, used in self.cpu_raw_s.items()
+        }
+        return dataclasses.replace(self, cpu_s=net)
 
     def cpu_us_per_answer(self) -> dict[str, float]:
         answered = max(self.wrk.answered, 1)

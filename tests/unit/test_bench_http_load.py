@@ -196,3 +196,13 @@ def test_ratios_are_taken_within_each_run_and_figures_are_medians() -> None:
     text = load_report.render(entry)
     assert "run 2: decided_64 0.080x" in text
     assert "RSS MiB" in text
+
+
+def test_a_later_idle_rate_is_subtracted_from_the_raw_cpu_and_never_below_zero() -> None:
+    """Measured right after `make up`, the broker's idle rate is too high: the figures are
+    recomputed from the raw CPU with the quieter reading."""
+    result = fake("decided_64", 500, 2.0)  # 2.0 CPU-s raw over an 11 s window
+    assert result.with_idle({"live_orders": 0.1}).cpu_s == {"live_orders": pytest.approx(0.9)}
+    assert result.with_idle({"live_orders": 0.5}).cpu_s == {"live_orders": 0.0}
+    assert result.with_idle({}).cpu_s == {"live_orders": 2.0}
+    assert result.cpu_raw_s == {"live_orders": 2.0}
