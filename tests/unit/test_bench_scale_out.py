@@ -219,6 +219,13 @@ def test_the_layouts_alternate_so_the_second_set_starts_or_stops_once_per_run() 
     assert [scale_out.layout_order(run) for run in (1, 2, 3)] == [(1, 2), (2, 1), (1, 2)]
 
 
+def test_a_result_knows_the_layout_it_was_measured_with() -> None:
+    """run_all recomputes each result with its own layout's quietest idle reading."""
+    assert scale_out.layout_of(scenario("decided_2p", 1000, 2)) == 2
+    assert scale_out.layout_of(scenario("sold_out_1p", 1000, 1)) == 1
+    assert scale_out.scenario_name("sold_out", 2) == "sold_out_2p"
+
+
 def scenario(name: str, rate: float, processes: int) -> ScenarioResult:
     answered = int(rate * 10)
     wrk = merge_results(
