@@ -212,6 +212,23 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(meds: Mapping[str, Mapping[str, Any]], processes: Sequence[str]) -> str:
+    """Scenario rows, a column of CPU µs per answer for each of `processes`, their sum and
+    wrk's own (`make bench` and `make bench-scale`)."""
+    rows = []
+    for name, med in meds.items():
+        per = med["cpu_us_per_answer"]
+        rows.append(
+            [
+                name,
+                *(fmt(per.get(p)) if p in per else "" for p in processes),
+                fmt(med["cpu_us_per_answer_total"]),
+                fmt(med["wrk_cpu_us_per_answer"]),
+            ]
+        )
+    return table(["scenario", *processes, "sum", "wrk (not in sum)"], rows)
+
+
 def render(entry: Mapping[str, Any]) -> str:
     runs: list[dict[str, Any]] = entry["runs"]
     meds: dict[str, dict[str, Any]] = entry["medians"]
@@ -272,18 +289,7 @@ def render(entry: Mapping[str, Any]) -> str:
         "CPU µs per answered request, per process (median over runs; l0 is the empty "
         "handler's process):"
     )
-    cpu_rows = []
-    for name, med in meds.items():
-        per = med["cpu_us_per_answer"]
-        cpu_rows.append(
-            [
-                name,
-                *(fmt(per.get(p)) if p in per else "" for p in processes),
-                fmt(med["cpu_us_per_answer_total"]),
-                fmt(med["wrk_cpu_us_per_answer"]),
-            ]
-        )
-    out.append(table(["scenario", *processes, "sum", "wrk (not in sum)"], cpu_rows))
+    out.append(cpu_table(meds, processes))
     idle = entry["idle_cpu_cores"]
     settle = ", ".join(
         f"{name} {s['settle_s']:.1f}s{'' if s['settled'] else ' (NOT settled)'}"

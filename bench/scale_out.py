@@ -72,6 +72,7 @@ from bench.kafka_groups import Broker, Group, GroupsNotSettled, key_owners, spre
 from bench.load_report import (
     answers,
     append,
+    cpu_table,
     fmt,
     medians,
     progress_line,
@@ -571,18 +572,7 @@ def render(entry: Mapping[str, Any]) -> str:
         p for p in process_names(2) if any(p in med["cpu_us_per_answer"] for med in meds.values())
     ]
     out.append("CPU µs per answered request, per process (median over runs):")
-    cpu_rows = []
-    for name, med in meds.items():
-        per = med["cpu_us_per_answer"]
-        cpu_rows.append(
-            [
-                name,
-                *(fmt(per.get(p)) if p in per else "" for p in processes),
-                fmt(med["cpu_us_per_answer_total"]),
-                fmt(med["wrk_cpu_us_per_answer"]),
-            ]
-        )
-    out.append(table(["scenario", *processes, "sum", "wrk (not in sum)"], cpu_rows))
+    out.append(cpu_table(meds, processes))
     idle = "; ".join(
         f"{layout} process(es): " + ", ".join(f"{k} {v * 100:.1f}%" for k, v in rates.items())
         for layout, rates in entry["idle_cpu_cores"].items()

@@ -25,7 +25,7 @@ from services.inventory.domain import LotInput, PlacedOrder
 from services.inventory.journal_store import JournalStore
 from services.inventory.lot_journal import JournalHead
 from services.inventory.stock_store import StockStore
-from services.live_orders.domain import Listing, Order, TransitionRequest
+from services.live_orders.domain import Listing, TransitionRequest
 from services.live_orders.order_store import OrderStore
 from services.live_orders.redis_keys import RedisKeys, new_order_id
 from services.live_orders.session_store import SessionStore
@@ -35,6 +35,7 @@ from services.notifier.pick_store import PickStore
 from services.notifier.projection import EventEffect, Guard, Increment, RankAdd
 from services.notifier.projection_store import ProjectionStore
 from services.notifier.redis_keys import NotifierKeys
+from tests.live_orders_support import an_order
 
 PREFIX = "lc:"
 # Ids that would land in different slots without their hash tags.
@@ -182,21 +183,7 @@ async def test_live_orders_scripts_stay_in_one_slot(calls: list[Any]) -> None:
         )
     for sku in SKUS:
         await recording(sold_out.record(sku, sold_out=True, partition=0, offset=1))
-    refused = Order(
-        order_id=new_order_id("buyer-1"),
-        status="rejected",
-        session_id="s1",
-        sku="crab",
-        buyer_id="buyer-1",
-        quantity=1,
-        unit_price_cents=100,
-        total_cents=100,
-        per_user_limit=2,
-        placed_at="t",
-        placed_ms=1,
-        updated_at="t",
-        reason="sold_out",
-    )
+    refused = an_order(new_order_id("buyer-1"), "rejected", buyer_id="buyer-1")
     # The outbox and the tallies: one slot, so an order leaves the one and is counted in
     # the other atomically.
     await recording(orders.tally_refused([refused], tally_id="t1", now_ms=1, now="t"))
