@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # What `make test` selects: everything but the slow chaos scenarios (`make chaos` runs those).
-TEST_MARKERS ?= not slow and not cluster
+TEST_MARKERS ?= not slow and (not cluster or cluster_smoke)
 BENCH_ARGS ?=
 
 .PHONY: help install system-deps fetch up down ps logs demo test test-unit test-integration \
@@ -59,7 +59,7 @@ logs: ## the tail of every log under .run/logs
 demo: up ## start the stack and run a simulated live flash sale against it
 	@$(PY) -m bench.demo --env-file .run/stack.env
 
-test: install fetch ## install, then the whole suite on its own Kafka and Redis (not the slow chaos scenarios, not the cluster tests)
+test: install fetch ## install, then the whole suite on its own Kafka and Redis (not the slow chaos scenarios; of the cluster tests the burst only)
 	$(PY) -m pytest -m "$(TEST_MARKERS)" $(PYTEST_ARGS)
 
 test-cluster: install fetch ## the cluster tests: starts its own 3 brokers and Redis Cluster on free ports (a few minutes)

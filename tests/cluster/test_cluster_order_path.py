@@ -109,6 +109,7 @@ async def all_ready(services: ClusterServices) -> None:
         await eventually(ready, timeout=90, interval=0.5, what="every /readyz == 200")
 
 
+@pytest.mark.cluster_smoke
 async def test_burst_on_the_cluster_sells_exactly_the_stock(
     client: SaleClient, cluster_services: ClusterServices
 ) -> None:
