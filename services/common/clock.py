@@ -28,6 +28,12 @@ def now_rfc3339() -> str:
     return f"{_up_to_seconds(second)}.{int((now - second) * 1000):03d}Z"
 
 
+def ms_rfc3339(epoch_ms: int) -> str:
+    """`ms_to_rfc3339` for times around now (the same text, formatted as `now_rfc3339`)."""
+    second, ms = divmod(epoch_ms, 1000)
+    return f"{_up_to_seconds(second)}.{ms:03d}Z"
+
+
 def from_rfc3339(text: str) -> datetime:
     """Parse an RFC 3339 time; a time without an offset is refused, never guessed."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from services.common.auth import Principal
-from services.common.clock import epoch_ms, to_rfc3339, utc_now
+from services.common.clock import epoch_ms, ms_rfc3339, utc_now
 from services.common.events import Envelope, Publisher
 from services.common.messages import Message
 from services.live_orders.domain import (
@@ -241,7 +241,8 @@ class OrderService:
             reason = "not_on_sale"
         elif sku in self._sold_out:
             reason = "sold_out"
-        placed_at = to_rfc3339(now)
+        placed_ms = epoch_ms()
+        placed_at = ms_rfc3339(placed_ms)
         return Order(
             order_id=new_order_id(buyer_id),
             status="rejected" if reason else "pending",
@@ -253,7 +254,7 @@ class OrderService:
             total_cents=listing.price_cents * quantity,
             per_user_limit=listing.per_user_limit,
             placed_at=placed_at,
-            placed_ms=epoch_ms(),
+            placed_ms=placed_ms,
             updated_at=placed_at,
             reason=reason,
         )

@@ -5,7 +5,14 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from services.common.clock import from_rfc3339, now_rfc3339, to_rfc3339, utc_now
+from services.common.clock import (
+    from_rfc3339,
+    ms_rfc3339,
+    ms_to_rfc3339,
+    now_rfc3339,
+    to_rfc3339,
+    utc_now,
+)
 from services.common.events import (
     EVENT_ID_NAMESPACE,
     Envelope,
@@ -17,6 +24,7 @@ from services.common.events import (
 )
 from services.common.kafka_producer import KeyHashPartitioner
 from services.common.messages import OrderPlaced, ReservationExpired, ReservationReleased
+from services.live_orders.redis_keys import buyer_tag, new_order_id, tag_of
 
 PLACED = {
     "order_id": "o-1",
@@ -110,6 +118,18 @@ def test_now_rfc3339_matches_the_datetime_formatting() -> None:
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stamp)
     assert before <= stamp <= after
     assert from_rfc3339(stamp).tzinfo is not None
+
+
+@pytest.mark.parametrize("ms", [0, 999, 1_796_018_231_874, 1_796_018_232_000, 4_102_444_799_999])
+def test_ms_rfc3339_matches_the_datetime_formatting(ms: int) -> None:
+    assert ms_rfc3339(ms) == ms_to_rfc3339(ms)
+
+
+def test_order_ids_carry_their_buyers_tag_and_112_fresh_random_bits() -> None:
+    ids = [new_order_id("buyer-7") for _ in range(1_000)]  # crosses the random pool's refill
+    assert {tag_of(order_id) for order_id in ids} == {buyer_tag("buyer-7")}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", order_id) for order_id in ids)
+    assert len({order_id[4:] for order_id in ids}) == len(ids)
 
 
 def test_the_partitioner_sends_a_key_where_the_java_client_would() -> None:
