@@ -32,7 +32,7 @@ from services.live_orders.domain import (
     TransitionResult,
 )
 from services.live_orders.order_waiters import OrderUpdate, encode_updates
-from services.live_orders.redis_keys import RedisKeys, tag_of
+from services.live_orders.redis_keys import RedisKeys
 
 LUA = "services.live_orders.lua"
 
@@ -93,9 +93,8 @@ class OrderStore:
         reply = await self._pipeline.script(
             self._place,
             [
-                # The candidate's id starts with its buyer's tag: no second hash of the id.
-                self._keys.bucket(buyer_id, tag_of(candidate.order_id)),
-                self._keys.idempotency(buyer_id, idempotency_key, tag_of(candidate.order_id)),
+                self._keys.bucket(buyer_id),
+                self._keys.idempotency(buyer_id, idempotency_key),
                 self._keys.order(candidate.order_id),
             ],
             [

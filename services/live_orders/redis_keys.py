@@ -50,11 +50,6 @@ def new_order_id(buyer_id: str) -> str:
     return buyer_tag(buyer_id) + _random.take(14).hex()
 
 
-def tag_of(order_id: str) -> str:
-    """The buyer's slot tag an order id starts with (`new_order_id`)."""
-    return order_id[:TAG_LENGTH]
-
-
 @dataclass(frozen=True, slots=True)
 class RedisKeys:
     prefix: str
@@ -65,12 +60,11 @@ class RedisKeys:
     def listings(self, session_id: str) -> str:
         return f"{self.prefix}lo:{{s:{session_id}}}:listings"
 
-    def bucket(self, buyer_id: str, tag: str | None = None) -> str:
-        """`tag`: the buyer's, when the caller has it already (an order id's first digits)."""
-        return f"{self.prefix}lo:{{u:{tag or buyer_tag(buyer_id)}}}:bucket:{buyer_id}"
+    def bucket(self, buyer_id: str) -> str:
+        return f"{self.prefix}lo:{{u:{buyer_tag(buyer_id)}}}:bucket:{buyer_id}"
 
-    def idempotency(self, buyer_id: str, key: str, tag: str | None = None) -> str:
-        return f"{self.prefix}lo:{{u:{tag or buyer_tag(buyer_id)}}}:idem:{buyer_id}:{key}"
+    def idempotency(self, buyer_id: str, key: str) -> str:
+        return f"{self.prefix}lo:{{u:{buyer_tag(buyer_id)}}}:idem:{buyer_id}:{key}"
 
     def order(self, order_id: str) -> str:
         return f"{self.order_key_prefix}{order_id[:TAG_LENGTH]}}}:order:{order_id}"
