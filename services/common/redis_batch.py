@@ -3,16 +3,22 @@
 Under a burst aiohttp runs dozens of request handlers per loop iteration, and each used to
 pay redis-py's per-call machinery (pool checkout, retry wrapper, a write and a read
 syscall) for one command. `TickPipeline` queues the commands issued while the loop runs
-other callbacks and sends them as one non-transactional pipeline when the loop gets to
-it: one round trip and one pool checkout for the lot, so a command costs its packing and
-its reply parsing only (bench/RESULTS.md has the figures). Alone, a command waits for no
-one: the flush is scheduled with `call_soon`, not a timer.
+other callbacks and writes them in one go when the loop gets to it: a command costs its
+packing and its reply parsing only (bench/RESULTS.md has the figures). Alone, a command
+waits for no one: the flush is scheduled with `call_soon`, not a timer. A tick that
+queues `CHUNK` commands writes them at once, while its other handlers still run, so Redis
+works on the first of them while live_orders still parses the rest.
+
+On a single node every command of the process goes over one `PipelinedConnection`
+(redis_pipelined.py): written the moment it is flushed, replies read in order by the
+connection's protocol callback, without a task or a pool checkout per flush, and one
+connection keeps every command in the order it was queued.
 
 Each command keeps its own result or error; replies are raw, as the connection's
-protocol gives them (RESP3 by default: HGETALL is a map). A NOSCRIPT reply (Redis
-restarted, SCRIPT FLUSH) loads the script and runs that command again: it did not run, so
-running it again is safe. Connection errors retry the flush a few times (every script
-here is safe to run twice), then fail every command of it.
+protocol gives them (RESP3: HGETALL is a map). A NOSCRIPT reply (Redis restarted,
+SCRIPT FLUSH) loads the script and runs that command again: it did not run, so running
+it again is safe. Connection errors and timeouts retry the flush a few times on a new
+connection (every script here is safe to run twice), then fail every command of it.
 
 In cluster mode (a `RedisCluster` client) one connection cannot carry the tick: each
 command must reach the node of its key's slot. The tick then goes out as redis-py's
@@ -20,23 +26,23 @@ non-transactional cluster pipeline, which groups the commands by node, sends eac
 on one connection of its node (so commands on one key keep their order) and the groups
 concurrently, follows MOVED/ASK and refreshes the slot map after a failover. A `before`
 command usually lives in another slot than its script (the order outbox and the buyer's
-order), so there it is sent, and must succeed, before the rest of the tick. The single
-node path below stays the raw one: that is the measured win.
+order), so there it is sent, and must succeed, before the rest of the tick.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+from functools import partial
 from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from services.common.redis_pipelined import PipelinedConnection
 from services.common.redis_scripts import ArgT, KeyT, LuaScript, RedisClient
 
 # As create_redis's socket_timeout (LC_REDIS_TIMEOUT_S): a dead Redis surfaces as an
@@ -44,6 +50,8 @@ from services.common.redis_scripts import ArgT, KeyT, LuaScript, RedisClient
 READ_TIMEOUT_S = 5.0
 # Waits before the retries of a flush that met a dead connection (as create_redis's Retry).
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
+# Commands queued in one tick that are written at once, before the tick ends (single node).
+CHUNK = 16
 
 # A command, the script it runs (to reload on NOSCRIPT), and the future of its reply (None:
 # a reply nobody waits for: a `before` command).
@@ -57,8 +65,10 @@ class TickPipeline:
         self._read_timeout_s = read_timeout_s
         self._queue: list[_Queued] = []
         self._scheduled = False
-        self._flushes: set[asyncio.Task[None]] = set()
+        self._flushes: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._connection: PipelinedConnection | None = None
+        self._connecting = asyncio.Lock()
 
     @property
     def redis(self) -> RedisClient:
@@ -90,28 +100,62 @@ class TickPipeline:
         if loop is None or loop.is_closed():
             loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((args, script, future))
+        queue = self._queue
+        queue.append((args, script, future))
         if not self._scheduled:
             self._scheduled = True
-            loop.call_soon(self._start_flush)
+            loop.call_soon(self._on_tick)
+        elif len(queue) >= CHUNK and self._connection is not None and self._connection.ready:
+            self._start_flush()
         return future
 
-    def _start_flush(self) -> None:
+    def _on_tick(self) -> None:
         self._scheduled = False
+        if self._queue:
+            self._start_flush()
+
+    def _start_flush(self) -> None:
         queued, self._queue = self._queue, []
-        # One pipeline for the whole tick, never split: commands queued one after the other
-        # reach Redis in that order (the order store relies on it).
-        task = asyncio.ensure_future(self._flush(queued))
+        # Commands queued one after the other reach Redis in that order (the order store
+        # relies on it): one connection, written in order; a `before` and its script are
+        # queued together and never split.
+        connection = self._connection
+        if self._cluster is None and connection is not None and connection.ready:
+            batch = connection.send(_pack(queued), len(queued))
+            self._flushes.add(batch)
+            batch.add_done_callback(partial(self._answered, queued))
+            return
+        self._flush_in_task(queued)
+
+    def _flush_in_task(self, queued: list[_Queued], replies: list[Any] | None = None) -> None:
+        task = asyncio.ensure_future(self._flush(queued, replies))
         self._flushes.add(task)
         task.add_done_callback(self._flushes.discard)
 
-    async def _flush(self, queued: list[_Queued]) -> None:
+    def _answered(self, queued: list[_Queued], batch: asyncio.Future[list[Any]]) -> None:
+        """The replies of a batch written at once: handed out, unless the connection failed
+        or a script must be loaded first (then a task takes it from there)."""
+        self._flushes.discard(batch)
+        if batch.cancelled() or batch.exception() is not None:
+            self._flush_in_task(queued)
+            return
+        replies = batch.result()
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError) and queued[i][1] is not None:
+                self._flush_in_task(queued, replies)
+                return
+        _deliver(queued, replies)
+
+    async def _flush(self, queued: list[_Queued], replies: list[Any] | None = None) -> None:
+        """Send (again, after a failed batch) and hand out the replies; `replies`: a batch
+        answered already, with NOSCRIPT among them."""
         if self._cluster is not None:
             queued = await self._send_before_commands(queued)
             if not queued:
                 return
         try:
-            replies = await self._send([args for args, _, _ in queued])
+            if replies is None:
+                replies = await self._send([args for args, _, _ in queued])
             retry = [
                 i
                 for i, reply in enumerate(replies)
@@ -131,13 +175,7 @@ class TickPipeline:
             if not isinstance(exc, Exception):
                 raise
             return
-        for (_, _, future), reply in zip(queued, replies, strict=True):
-            if future is None or future.done():  # nobody waits, or the caller was cancelled
-                continue
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
+        _deliver(queued, replies)
 
     async def _send_before_commands(self, queued: list[_Queued]) -> list[_Queued]:
         """Cluster mode: send the `before` commands first; a script whose `before` failed
@@ -194,34 +232,45 @@ class TickPipeline:
             raise RedisTimeoutError(f"no reply from Redis within {self._read_timeout_s} s") from exc
 
     async def _send_once(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        assert isinstance(self._redis, Redis)
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        replies: list[Any] = []
-        try:
-            # hiredis packs in C, ten times faster than redis-py's packer.
-            await connection.send_packed_command(
-                b"".join([hiredis.pack_command(args) for args in commands])
-            )
-            # One deadline for all the replies, not a timer per reply.
-            async with asyncio.timeout(self._read_timeout_s):
-                for _ in commands:
-                    try:
-                        replies.append(await connection.read_response(timeout=math.inf))
-                    except ResponseError as exc:
-                        replies.append(exc)
-        except TimeoutError as exc:
-            await connection.disconnect(nowait=True)
-            raise RedisTimeoutError(f"no reply from Redis within {self._read_timeout_s} s") from exc
-        except BaseException:
-            # Half-read replies would desynchronise the next user of the connection.
-            await connection.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(connection)
-        return replies
+        connection = await self._connected()
+        return await connection.send(
+            b"".join([hiredis.pack_command(args) for args in commands]), len(commands)
+        )
+
+    async def _connected(self) -> PipelinedConnection:
+        """The process's connection, opened (again) if it is not: one of the client's pool,
+        with its URL and options."""
+        async with self._connecting:
+            connection = self._connection
+            if connection is None or not connection.ready:
+                if connection is not None:
+                    await connection.release()
+                assert isinstance(self._redis, Redis)
+                connection = PipelinedConnection(self._redis.connection_pool, self._read_timeout_s)
+                self._connection = connection
+                await connection.connect()
+            return connection
 
     async def aclose(self) -> None:
-        """Wait for the flushes in flight (their callers are waiting for them)."""
-        if self._flushes:
+        """Wait for the flushes in flight (their callers are waiting for them), then close
+        the connection."""
+        while self._flushes:
             await asyncio.gather(*self._flushes, return_exceptions=True)
+        if self._connection is not None:
+            await self._connection.release()
+            self._connection = None
+
+
+def _pack(queued: list[_Queued]) -> bytes:
+    # hiredis packs in C, ten times faster than redis-py's packer.
+    return b"".join([hiredis.pack_command(args) for args, _, _ in queued])
+
+
+def _deliver(queued: list[_Queued], replies: list[Any]) -> None:
+    for (_, _, future), reply in zip(queued, replies, strict=True):
+        if future is None or future.done():  # nobody waits, or the caller was cancelled
+            continue
+        if isinstance(reply, Exception):
+            future.set_exception(reply)
+        else:
+            future.set_result(reply)
