@@ -77,7 +77,7 @@ class PipelinedConnection(asyncio.Protocol):
         # Told when the connection ends, so redis-py's disconnect() does not wait for it.
         self._stream_protocol = transport.get_protocol()
         transport.set_protocol(self)
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport
 
     async def release(self) -> None:
         """Close the connection (failing what is in flight) and give it back to the pool."""

@@ -30,7 +30,13 @@ from services.common.problems import (
     unprocessable,
 )
 from services.common.schemas import schema as schema_file
-from services.common.web_app import SETTINGS, Handler, principal, read_json_body, takes_json_body
+from services.common.web_app import (
+    PROBLEM_TRANSLATORS,
+    SETTINGS,
+    principal,
+    read_json_body,
+    takes_json_body,
+)
 from services.live_orders.app_keys import USE_CASES, UseCases
 from services.live_orders.domain import (
     MAX_WAIT_S,
@@ -62,39 +68,37 @@ def placement_status_code(order: Order) -> int:
     return 200
 
 
-@web.middleware
-async def domain_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Domain exceptions -> problem+json (rendered by the platform's problem middleware)."""
-    try:
-        return await handler(request)
-    except NotFound as exc:
-        raise not_found(str(exc)) from exc
-    except InvalidInput as exc:
-        raise unprocessable(str(exc)) from exc
-    except Conflict as exc:
-        raise conflict(str(exc)) from exc
-    except (KafkaError, RedisError) as exc:
+def domain_problem(request: web.Request, exc: Exception) -> ProblemError | None:
+    """Domain exceptions -> problem+json (a PROBLEM_TRANSLATOR of the platform middleware)."""
+    if isinstance(exc, NotFound):
+        return not_found(str(exc))
+    if isinstance(exc, InvalidInput):
+        return unprocessable(str(exc))
+    if isinstance(exc, Conflict):
+        return conflict(str(exc))
+    if isinstance(exc, (KafkaError, RedisError)):
         # Nothing half-done is lost: an order stored but not published is published by the
         # retry of the same Idempotency-Key; a recorded pay/cancel intent is re-sent by
         # the retry of the same call.
         log.warning("backend unavailable", extra={"path": request.path, "error": repr(exc)})
-        raise ProblemError(
+        return ProblemError(
             503,
             "Service Unavailable",
             "a backend is unavailable; retry with the same Idempotency-Key",
             headers={"Retry-After": "1"},
-        ) from exc
-    except RateLimited as exc:
-        raise ProblemError(
+        )
+    if isinstance(exc, RateLimited):
+        return ProblemError(
             429,
             "Too Many Requests",
             f"too many order attempts; retry in {exc.retry_after_s} s",
             headers={"Retry-After": str(exc.retry_after_s)},
-        ) from exc
+        )
+    return None
 
 
 def setup_routes(app: web.Application) -> None:
-    app.middlewares.append(domain_errors)
+    app[PROBLEM_TRANSLATORS].append(domain_problem)
     # First: aiohttp tries the routes under one path prefix in the order they were added,
     # a regex each, and placing an order is nearly every request of a sale.
     app.router.add_post("/v1/sessions/{session_id}/orders", place_order)
