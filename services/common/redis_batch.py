@@ -11,14 +11,17 @@ works on the first of them while live_orders still parses the rest.
 
 On a single node every command of the process goes over one `PipelinedConnection`
 (redis_pipelined.py): written the moment it is flushed, replies read in order by the
-connection's protocol callback, without a task or a pool checkout per flush, and one
-connection keeps every command in the order it was queued.
+connection's protocol callback, without a task or a pool checkout per flush. Commands
+reach Redis in the order they were queued, also across a lost connection: what was
+unanswered is sent again on the next connection ahead of anything queued since (every
+command sent here is safe to run twice), after `RECONNECT_BACKOFF_S`, up to
+`MAX_ATTEMPTS` times, then fails with the connection's error. A script is loaded
+(`SCRIPT LOAD`, in the same write) before its first EVALSHA on each connection, so a
+restarted Redis does not answer NOSCRIPT; one that does (SCRIPT FLUSH by hand) gets the
+script loaded and the command sent again, after the commands queued behind it.
 
 Each command keeps its own result or error; replies are raw, as the connection's
-protocol gives them (RESP3: HGETALL is a map). A NOSCRIPT reply (Redis restarted,
-SCRIPT FLUSH) loads the script and runs that command again: it did not run, so running
-it again is safe. Connection errors and timeouts retry the flush a few times on a new
-connection (every script here is safe to run twice), then fail every command of it.
+protocol gives them (RESP3: HGETALL is a map).
 
 In cluster mode (a `RedisCluster` client) one connection cannot carry the tick: each
 command must reach the node of its key's slot. The tick then goes out as redis-py's
@@ -32,13 +35,12 @@ order), so there it is sent, and must succeed, before the rest of the tick.
 from __future__ import annotations
 
 import asyncio
-from functools import partial
+from collections.abc import Coroutine
 from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -50,12 +52,24 @@ from services.common.redis_scripts import ArgT, KeyT, LuaScript, RedisClient
 READ_TIMEOUT_S = 5.0
 # Waits before the retries of a flush that met a dead connection (as create_redis's Retry).
 RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
+# Sends of one flush before its commands fail: the first, and a retry after each backoff.
+MAX_ATTEMPTS = len(RECONNECT_BACKOFF_S) + 1
 # Commands queued in one tick that are written at once, before the tick ends (single node).
 CHUNK = 16
 
 # A command, the script it runs (to reload on NOSCRIPT), and the future of its reply (None:
 # a reply nobody waits for: a `before` command).
 _Queued = tuple[tuple[Any, ...], LuaScript | None, "asyncio.Future[Any] | None"]
+
+
+class _Flush:
+    """Commands written together, and how often they were sent."""
+
+    __slots__ = ("attempts", "queued")
+
+    def __init__(self, queued: list[_Queued], attempts: int = 0) -> None:
+        self.queued = queued
+        self.attempts = attempts
 
 
 class TickPipeline:
@@ -65,10 +79,16 @@ class TickPipeline:
         self._read_timeout_s = read_timeout_s
         self._queue: list[_Queued] = []
         self._scheduled = False
-        self._flushes: set[asyncio.Future[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Single node: the connection, the scripts loaded on it, and while it is being
+        # (re)opened the flushes waiting for it, in order.
         self._connection: PipelinedConnection | None = None
-        self._connecting = asyncio.Lock()
+        self._loaded: set[str] = set()
+        self._backlog: list[_Flush] | None = None
+        # What aclose() waits for: flushes not yet answered, tasks (recovery, cluster).
+        self._unanswered = 0
+        self._answered_all = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def redis(self) -> RedisClient:
@@ -105,7 +125,7 @@ class TickPipeline:
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._on_tick)
-        elif len(queue) >= CHUNK and self._connection is not None and self._connection.ready:
+        elif len(queue) >= CHUNK and self._cluster is None:
             self._start_flush()
         return future
 
@@ -116,46 +136,138 @@ class TickPipeline:
 
     def _start_flush(self) -> None:
         queued, self._queue = self._queue, []
-        # Commands queued one after the other reach Redis in that order (the order store
-        # relies on it): one connection, written in order; a `before` and its script are
-        # queued together and never split.
-        connection = self._connection
-        if self._cluster is None and connection is not None and connection.ready:
-            batch = connection.send(_pack(queued), len(queued))
-            self._flushes.add(batch)
-            batch.add_done_callback(partial(self._answered, queued))
-            return
-        self._flush_in_task(queued)
-
-    def _flush_in_task(self, queued: list[_Queued], replies: list[Any] | None = None) -> None:
-        task = asyncio.ensure_future(self._flush(queued, replies))
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
-
-    def _answered(self, queued: list[_Queued], batch: asyncio.Future[list[Any]]) -> None:
-        """The replies of a batch written at once: handed out, unless the connection failed
-        or a script must be loaded first (then a task takes it from there)."""
-        self._flushes.discard(batch)
-        if batch.cancelled() or batch.exception() is not None:
-            self._flush_in_task(queued)
-            return
-        replies = batch.result()
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError) and queued[i][1] is not None:
-                self._flush_in_task(queued, replies)
-                return
-        _deliver(queued, replies)
-
-    async def _flush(self, queued: list[_Queued], replies: list[Any] | None = None) -> None:
-        """Send (again, after a failed batch) and hand out the replies; `replies`: a batch
-        answered already, with NOSCRIPT among them."""
         if self._cluster is not None:
-            queued = await self._send_before_commands(queued)
-            if not queued:
-                return
+            self._in_task(self._flush(queued))
+            return
+        self._unanswered += 1
+        self._dispatch(_Flush(queued))
+
+    # ------------------------------------------------------------------ single node
+
+    def _dispatch(self, flush: _Flush) -> None:
+        """Write now, or after the flushes already waiting for a connection."""
+        if self._backlog is not None:
+            self._backlog.append(flush)
+            return
+        connection = self._connection
+        if connection is None or not connection.ready:
+            self._backlog = [flush]
+            self._in_task(self._reconnect())
+            return
+        self._write(connection, flush)
+
+    def _write(self, connection: PipelinedConnection, flush: _Flush) -> None:
+        loaded = self._loaded
+        loads: list[bytes] = []
+        packed: list[bytes] = []
+        for args, script, _ in flush.queued:
+            if script is not None and script.sha not in loaded:
+                loaded.add(script.sha)
+                load: tuple[Any, ...] = ("SCRIPT", "LOAD", script.source)
+                loads.append(hiredis.pack_command(load))
+            # hiredis packs in C, ten times faster than redis-py's packer.
+            packed.append(hiredis.pack_command(args))
+        connection.send(b"".join(loads + packed), len(loads) + len(packed), (flush, len(loads)))
+
+    def batch_answered(self, token: tuple[_Flush, int], replies: list[Any]) -> None:
+        """PipelinedConnection: the replies of a flush (its SCRIPT LOADs first)."""
+        flush, loads = token
+        retry: list[_Queued] = []
+        for entry, reply in zip(flush.queued, replies[loads:], strict=True):
+            future = entry[2]
+            if isinstance(reply, NoScriptError) and entry[1] is not None:
+                retry.append(entry)
+            elif future is None or future.done():  # nobody waits, or the caller gave up
+                continue
+            elif isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+        if retry:
+            # Flushed from Redis by hand: loaded again (by _write) and sent once more.
+            self._loaded.clear()
+            again = _Flush(retry, flush.attempts)
+            self._unanswered += 1
+            if self._retry(again, NoScriptError("NOSCRIPT No matching script")):
+                self._dispatch(again)
+        self._flush_done()
+
+    def batches_failed(self, tokens: list[tuple[_Flush, int]], exc: Exception) -> None:
+        """PipelinedConnection: it ended with these flushes unanswered. They go first to
+        the next connection, in the order they were sent."""
+        failed: list[_Flush] = []
+        for flush, _ in tokens:
+            if self._retry(flush, exc):
+                failed.append(flush)
+        if not failed:
+            return
+        if self._backlog is not None:
+            self._backlog[:0] = failed
+        else:
+            self._backlog = failed
+            self._in_task(self._reconnect())
+
+    def _retry(self, flush: _Flush, exc: Exception) -> bool:
+        """Count a failed attempt: True while attempts are left, else its commands fail
+        with `exc` and it is done."""
+        flush.attempts += 1
+        if flush.attempts < MAX_ATTEMPTS:
+            return True
+        _fail(flush.queued, exc)
+        self._flush_done()
+        return False
+
+    async def _reconnect(self) -> None:
+        """Open a new connection and write the backlog to it, in order; a connection that
+        cannot be opened counts as a failed attempt of every flush waiting."""
+        while self._backlog:
+            attempts = max(flush.attempts for flush in self._backlog)
+            if attempts > 1:
+                await asyncio.sleep(RECONNECT_BACKOFF_S[min(attempts, MAX_ATTEMPTS) - 2])
+            try:
+                connection = await self._open()
+            except Exception as exc:
+                self._backlog = [flush for flush in self._backlog if self._retry(flush, exc)]
+                continue
+            waiting, self._backlog = self._backlog, None
+            for flush in waiting:
+                self._write(connection, flush)
+            return
+        self._backlog = None
+
+    async def _open(self) -> PipelinedConnection:
+        """A new connection, one of the client's pool with its URL and options."""
+        old, self._connection = self._connection, None
+        if old is not None:
+            await old.release()
+        assert isinstance(self._redis, Redis)
+        connection = PipelinedConnection(
+            self._redis.connection_pool, self._read_timeout_s, listener=self
+        )
+        self._loaded = set()
+        await connection.connect()
+        self._connection = connection
+        return connection
+
+    def _flush_done(self) -> None:
+        self._unanswered -= 1
+        if self._unanswered == 0:
+            self._answered_all.set()
+
+    def _in_task(self, step: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(step)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---------------------------------------------------------------------- cluster
+
+    async def _flush(self, queued: list[_Queued]) -> None:
+        """Cluster mode: send the tick and hand out the replies."""
+        queued = await self._send_before_commands(queued)
+        if not queued:
+            return
         try:
-            if replies is None:
-                replies = await self._send([args for args, _, _ in queued])
+            replies = await self._send([args for args, _, _ in queued])
             retry = [
                 i
                 for i, reply in enumerate(replies)
@@ -169,9 +281,7 @@ class TickPipeline:
                 for i, reply in zip(retry, again, strict=True):
                     replies[i] = reply
         except BaseException as exc:
-            for _, _, future in queued:
-                if future is not None and not future.done():
-                    future.set_exception(exc)
+            _fail(queued, exc)
             if not isinstance(exc, Exception):
                 raise
             return
@@ -201,21 +311,8 @@ class TickPipeline:
         return rest
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Write all, read all, on one pooled connection. redis-py's own Pipeline costs
-        about as much again per command (a pipeline object, retry and observability
-        wrappers, reply callbacks): callers here take raw replies."""
-        if self._cluster is not None:
-            return await self._send_to_cluster(self._cluster, commands)
-        for attempt, backoff in enumerate(RECONNECT_BACKOFF_S):
-            try:
-                return await self._send_once(commands)
-            except (RedisConnectionError, RedisTimeoutError):
-                # Redis restarted or a connection went stale: the commands did not run,
-                # or ran and are safe to run again (every script here is replay-safe).
-                if attempt == len(RECONNECT_BACKOFF_S) - 1:
-                    raise
-                await asyncio.sleep(backoff)
-        raise AssertionError("unreachable")
+        assert self._cluster is not None
+        return await self._send_to_cluster(self._cluster, commands)
 
     async def _send_to_cluster(
         self, cluster: RedisCluster, commands: list[tuple[Any, ...]]
@@ -231,39 +328,26 @@ class TickPipeline:
         except TimeoutError as exc:
             raise RedisTimeoutError(f"no reply from Redis within {self._read_timeout_s} s") from exc
 
-    async def _send_once(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        connection = await self._connected()
-        return await connection.send(
-            b"".join([hiredis.pack_command(args) for args in commands]), len(commands)
-        )
-
-    async def _connected(self) -> PipelinedConnection:
-        """The process's connection, opened (again) if it is not: one of the client's pool,
-        with its URL and options."""
-        async with self._connecting:
-            connection = self._connection
-            if connection is None or not connection.ready:
-                if connection is not None:
-                    await connection.release()
-                assert isinstance(self._redis, Redis)
-                connection = PipelinedConnection(self._redis.connection_pool, self._read_timeout_s)
-                self._connection = connection
-                await connection.connect()
-            return connection
-
     async def aclose(self) -> None:
-        """Wait for the flushes in flight (their callers are waiting for them), then close
-        the connection."""
-        while self._flushes:
-            await asyncio.gather(*self._flushes, return_exceptions=True)
+        """Send what is queued, wait until every flush is answered (their callers are
+        waiting for them), then close the connection."""
+        if self._queue:
+            self._start_flush()
+        while self._unanswered or self._tasks:
+            if self._unanswered:
+                self._answered_all.clear()
+                await self._answered_all.wait()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._connection is not None:
             await self._connection.release()
             self._connection = None
 
 
-def _pack(queued: list[_Queued]) -> bytes:
-    # hiredis packs in C, ten times faster than redis-py's packer.
-    return b"".join([hiredis.pack_command(args) for args, _, _ in queued])
+def _fail(queued: list[_Queued], exc: BaseException) -> None:
+    for _, _, future in queued:
+        if future is not None and not future.done():
+            future.set_exception(exc)
 
 
 def _deliver(queued: list[_Queued], replies: list[Any]) -> None:

@@ -8,26 +8,25 @@ With 64 buyers waiting, live_orders and Redis took turns: live_orders parsed a t
 requests while Redis idled, then idled while Redis ran that tick's scripts (sold-out
 path: 0.76 + 0.23 of a core, one after the other; bench/RESULTS.md). Here a batch is
 written as soon as it is flushed (`send` is synchronous), the next one may follow before
-the first is answered, and replies are parsed by hiredis in the protocol's callback,
-each batch's future resolved as its last reply arrives. One connection keeps every
+the first is answered, and replies are parsed by hiredis in the protocol's callback; the
+listener hears of each batch as its last reply arrives. One connection keeps every
 command in the order it was sent.
 
 The connection is one of the client's pool, set up by redis-py (TLS, AUTH/HELLO 3, SELECT,
 client name: whatever the pool's URL and keyword arguments say), then its transport is
 handed to this protocol; RESP3 replies, the same as every other client of the process.
 It stays checked out of the pool, so closing the client (`aclose()`) closes it too. A
-batch not answered within `timeout_s` aborts the connection: it and every batch after it
-fail with `TimeoutError` (redis-py's), as a dropped connection fails them with
-`ConnectionError`.
-The caller retries (every command sent through here is safe to run twice); the next
-`send` after a failure needs `connect()` again.
+batch not answered within `timeout_s` aborts the connection. When the connection ends,
+for whatever reason, the listener hears once of every batch still unanswered, in the
+order they were sent (`batches_failed`), so it can send them again in that order; the
+connection is then done, and a new one takes over.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 from redis._parsers.base import BaseParser
@@ -37,20 +36,30 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
-class _Batch:
-    __slots__ = ("deadline", "expected", "future", "replies")
+class BatchListener(Protocol):
+    def batch_answered(self, token: Any, replies: list[Any]) -> None:
+        """Every reply of the batch sent with `token`, in order (an error reply is an
+        exception instance in its place)."""
 
-    def __init__(self, future: asyncio.Future[list[Any]], expected: int, deadline: float) -> None:
-        self.future = future
+    def batches_failed(self, tokens: list[Any], exc: Exception) -> None:
+        """The connection ended with these batches unanswered (in the order sent)."""
+
+
+class _Batch:
+    __slots__ = ("deadline", "expected", "replies", "token")
+
+    def __init__(self, token: Any, expected: int, deadline: float) -> None:
+        self.token = token
         self.expected = expected
         self.replies: list[Any] = []
         self.deadline = deadline
 
 
 class PipelinedConnection(asyncio.Protocol):
-    def __init__(self, pool: ConnectionPool, timeout_s: float) -> None:
+    def __init__(self, pool: ConnectionPool, timeout_s: float, listener: BatchListener) -> None:
         self._pool = pool
         self._timeout_s = timeout_s
+        self._listener = listener
         self._connection: AbstractConnection | None = None
         self._stream_protocol: asyncio.BaseProtocol | None = None
         self._transport: asyncio.Transport | None = None
@@ -61,7 +70,8 @@ class PipelinedConnection(asyncio.Protocol):
 
     @property
     def ready(self) -> bool:
-        return self._transport is not None
+        transport = self._transport
+        return transport is not None and not transport.is_closing()
 
     async def connect(self) -> None:
         """Check a connection out of the pool (redis-py connects it), then take its
@@ -79,26 +89,26 @@ class PipelinedConnection(asyncio.Protocol):
         transport.set_protocol(self)
         self._transport = transport
 
+    def send(self, packed: bytes, count: int, token: Any) -> None:
+        """Write `count` packed commands now; the listener hears of their replies with
+        `token`. Only while `ready`."""
+        transport = self._transport
+        loop = self._loop
+        assert transport is not None and loop is not None, "connect() first"
+        batch = _Batch(token, count, loop.time() + self._timeout_s)
+        self._batches.append(batch)
+        transport.write(packed)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(batch.deadline, self._check_deadline)
+
     async def release(self) -> None:
-        """Close the connection (failing what is in flight) and give it back to the pool."""
-        self.close()
+        """Close the connection (the listener hears of what was unanswered) and give it
+        back to the pool."""
+        self._fail(RedisConnectionError("connection closed"))
         connection, self._connection = self._connection, None
         if connection is not None:
             await connection.disconnect(nowait=True)
             await self._pool.release(connection)
-
-    def send(self, packed: bytes, count: int) -> asyncio.Future[list[Any]]:
-        """Write `count` packed commands now; the future gets their replies, in order (an
-        error reply is an exception instance in its place)."""
-        transport = self._transport
-        assert transport is not None and self._loop is not None, "connect() first"
-        future: asyncio.Future[list[Any]] = self._loop.create_future()
-        batch = _Batch(future, count, self._loop.time() + self._timeout_s)
-        self._batches.append(batch)
-        transport.write(packed)
-        if self._watchdog is None:
-            self._watchdog = self._loop.call_at(batch.deadline, self._check_deadline)
-        return future
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -119,23 +129,13 @@ class PipelinedConnection(asyncio.Protocol):
             batch.replies.append(reply)
             if len(batch.replies) == batch.expected:
                 batches.popleft()
-                if not batch.future.done():
-                    batch.future.set_result(batch.replies)
+                self._listener.batch_answered(batch.token, batch.replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
         self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
         if self._stream_protocol is not None:
             self._stream_protocol.connection_lost(exc)
             self._stream_protocol = None
-
-    def pause_writing(self) -> None:
-        # Redis reads as fast as it is written to; a full socket buffer only means a large
-        # batch, whose replies the caller awaits anyway.
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
     # ---------------------------------------------------------------------------- end
 
@@ -150,7 +150,7 @@ class PipelinedConnection(asyncio.Protocol):
         self._watchdog = self._loop.call_at(oldest, self._check_deadline)
 
     def _fail(self, exc: Exception) -> None:
-        """Every batch in flight fails with `exc`; the connection is closed."""
+        """The connection is done: closed, and every batch in flight handed back, once."""
         transport, self._transport = self._transport, None
         if transport is not None:
             transport.abort()
@@ -158,9 +158,5 @@ class PipelinedConnection(asyncio.Protocol):
             self._watchdog.cancel()
             self._watchdog = None
         batches, self._batches = self._batches, deque()
-        for batch in batches:
-            if not batch.future.done():
-                batch.future.set_exception(exc)
-
-    def close(self) -> None:
-        self._fail(RedisConnectionError("connection closed"))
+        if batches:
+            self._listener.batches_failed([batch.token for batch in batches], exc)
