@@ -84,10 +84,25 @@ class OrderStore:
         """Claim `idempotency_key` for `candidate` (its order_id must start with its
         buyer's tag) and store it, or find what an earlier request with the key made."""
         buyer_id = candidate.buyer_id
-        fields: list[str] = []
+        args: list[ArgT] = [
+            burst,
+            per_s,
+            candidate.order_id,
+            fingerprint,
+            # Never longer than the order it names may live (a short LC_ORDER_RETENTION_S).
+            self._key_ttl_s,
+            now_ms,
+            PUBLISH_LEASE_MS,
+            self._keys.order_key_prefix,
+            # An order born rejected (sold out, not on sale) holds nothing and was never
+            # paid: it lives as long as the key that names it, not LC_ORDER_RETENTION_S.
+            # A sale's refusals outnumber its orders a hundred to one.
+            self._key_ttl_s,
+            "1" if candidate.status == "rejected" else "0",
+        ]
         for name, value in order_to_record(candidate).items():
             if name != "order_id":
-                fields.extend((name, value))
+                args += (name, value)
         # Into the outbox first, in the same pipeline: an order that exists is in the
         # outbox until it is published (order_outbox.py), whenever the process dies.
         reply = await self._pipeline.script(
@@ -97,22 +112,7 @@ class OrderStore:
                 self._keys.idempotency(buyer_id, idempotency_key),
                 self._keys.order(candidate.order_id),
             ],
-            [
-                burst,
-                per_s,
-                candidate.order_id,
-                fingerprint,
-                # Never longer than the order it names may live (a short LC_ORDER_RETENTION_S).
-                self._key_ttl_s,
-                now_ms,
-                PUBLISH_LEASE_MS,
-                self._keys.order_key_prefix,
-                # An order born rejected (sold out, not on sale) holds nothing and was never
-                # paid: it lives as long as the key that names it, not LC_ORDER_RETENTION_S.
-                # A sale's refusals outnumber its orders a hundred to one.
-                self._key_ttl_s,
-                orjson.dumps(fields),
-            ],
+            args,
             before=("ZADD", self._keys.outbox, now_ms, candidate.order_id),
         )
         outcome = cast(PlaceOutcome, reply[0].decode())

@@ -8,8 +8,9 @@
 -- ARGV[6] now (epoch ms)   ARGV[7] publish lease (ms)
 -- ARGV[8] order key prefix (`<prefix>lo:{u:`): the key of an order named by a stored record
 -- ARGV[9] retention of an order born final (s): as long as its idempotency record
--- ARGV[10] JSON array [field, value, ...] of the new order, without order_id (one argument,
---          not twenty: the client's cost of a command grows with its argument count)
+-- ARGV[10] "1" if the new order is born final (rejected), else "0"
+-- ARGV[11], ARGV[12], ... field, value, ... of the new order, without order_id (arguments,
+--          not a JSON document: decoding one in Lua cost more than the rest of the script)
 -- Returns {"limited", retry_after_ms}
 --       | {"mismatch", order_id}
 --       | {"claimed" | "replay", order_id, created (0|1), publish (0|1), field, value, ...}
@@ -68,19 +69,13 @@ end
 
 local now = tonumber(ARGV[6])
 local lease = tonumber(ARGV[7])
-if redis.call('EXISTS', order_key) == 0 then
-  local fields = {'order_id', order_id, 'published', '0', 'lease_until', tostring(now + lease)}
-  local record = cjson.decode(ARGV[10])
-  local final = false
-  for i = 1, #record, 2 do
-    fields[#fields + 1] = record[i]
-    fields[#fields + 1] = record[i + 1]
-    if record[i] == 'status' and record[i + 1] == 'rejected' then
-      final = true
-    end
-  end
-  redis.call('HSET', order_key, unpack(fields))
-  if final then
+-- A key claimed just now names the candidate, whose id is new: no need to look.
+if outcome == 'claimed' or redis.call('EXISTS', order_key) == 0 then
+  redis.call(
+    'HSET', order_key, 'order_id', order_id, 'published', '0',
+    'lease_until', tostring(now + lease), unpack(ARGV, 11)
+  )
+  if ARGV[10] == '1' then
     -- Born rejected: it holds nothing, so it leaves after the retention like any final order.
     redis.call('EXPIRE', order_key, ARGV[9])
   end
