@@ -11,6 +11,10 @@ One run measures, against the running stack (`make up`):
               --burst-window s on a fresh SKU of --burst-units units, then an oversell check
               through the inventory API
 
+Before anything is measured, --warmup-seconds of untimed load (half decided, half sold
+out): the broker is a JVM whose JIT compiler (C2) spends seconds of CPU during its first
+minute of load after `make up`, which is not what an order costs a running broker.
+
 and for each scenario: req/s, p50/p99 (wrk's histogram), answers by status, socket errors,
 the CPU time every process of the stack spent per answered request (/proc, after the
 consumers caught up, idle CPU subtracted) and wrk's own; RSS of each process before and
@@ -39,7 +43,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -310,12 +314,37 @@ def rss_all(bench: Bench) -> dict[str, int]:
     return {name: rss_kib(pid) for name, pid in pids.items()}
 
 
+async def warm_up(bench: Bench, selected: Sequence[str]) -> None:
+    """Untimed load on both order paths before anything is measured. Right after `make up`
+    the broker's JIT compiler runs alongside the load: in one 10 s decided run on a fresh
+    stack its C2 thread used 7.9 s of CPU, more than all its request threads together,
+    and it kept compiling through four more runs (bench/RESULTS.md). What an order costs
+    a broker that has been up for a while is what the figures are for."""
+    seconds = bench.args.warmup_seconds
+    if seconds <= 0 or not {"decided", "sold_out", "burst"} & set(selected):
+        return
+    print(f"warming up for {seconds}s (decided, then sold out; not measured) ...", flush=True)
+    for open_sale in (open_decided_sale, open_sold_out_sale):
+        sku = new_sku()
+        session_id = await open_sale(bench, sku)
+        plan = timed_plan(
+            bench,
+            bench.endpoints.live_orders,
+            bench.orders_path(session_id),
+            sku,
+            bench.args.connections,
+        )
+        plan = replace(plan, duration_s=max(1, seconds // 2))
+        await asyncio.to_thread(run_wrk, plan, bench.workdir, f"warmup-{open_sale.__name__}")
+
+
 async def run_all(bench: Bench) -> dict[str, Any]:
     args = bench.args
     selected = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     bench.buyer_tokens = mint_buyers(
         bench, bench.workdir / "buyers.txt", f"bench-{bench.nonce}-buyer", args.buyers
     )
+    await warm_up(bench, selected)
     pids = {**bench.stack(), "empty_handler": bench.handler_pid}
     rss_idle = rss_all(bench)
     print(f"measuring idle CPU for {args.idle_seconds:g}s ...", flush=True)
@@ -405,6 +434,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add_stack_arguments(parser)
     parser.add_argument("--runs", type=int, default=1, help="repeat the whole set, interleaved")
+    parser.add_argument(
+        "--warmup-seconds",
+        type=int,
+        default=30,
+        help="untimed load before measuring (the broker's JIT warms up); 0: none",
+    )
     parser.add_argument(
         "--scenarios",
         default=",".join(SCENARIOS),
