@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.common.background import stop_tasks
 from services.common.metrics import PlatformMetrics
+from services.common.redis_batch import TickPipeline
 from services.common.settings import Settings
 from services.common.web_app import (
     PUBLISHER,
@@ -47,7 +48,9 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
     topics = app[TOPICS]
     publisher = app[PUBLISHER]
     metrics = app[INVENTORY_METRICS]
-    store = StockStore(app[REDIS], settings)
+    # The scripts of every batch in one loop tick share a write (redis_batch.py).
+    pipeline = TickPipeline(app[REDIS], read_timeout_s=settings.redis_timeout_s)
+    store = StockStore(app[REDIS], settings, pipeline)
     app[STOCK_STORE] = store
     journals = JournalStore(app[REDIS], settings.redis_prefix, settings.replay_window_ms)
     app[JOURNAL_STORE] = journals
@@ -94,3 +97,4 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
         # the producer are still open. Then the loops, which hold no state of their own.
         await consumer.stop()
         await stop_tasks(*tasks)
+        await pipeline.aclose()

@@ -36,7 +36,8 @@ import orjson
 
 from services.common.clock import epoch_ms
 from services.common.messages import RejectReason
-from services.common.redis_scripts import ArgT, LuaScript, RedisClient
+from services.common.redis_batch import TickPipeline
+from services.common.redis_scripts import ArgT, KeyT, LuaScript, RedisClient
 from services.common.settings import Settings
 from services.inventory.domain import (
     Allocation,
@@ -135,8 +136,13 @@ class SkuKeys:
 
 
 class StockStore:
-    def __init__(self, redis: RedisClient, settings: Settings) -> None:
+    def __init__(
+        self, redis: RedisClient, settings: Settings, pipeline: TickPipeline | None = None
+    ) -> None:
         self._redis = redis
+        # The scripts of every batch and sku of one loop tick share a write (redis_batch.py);
+        # without one (tools, tests) each call is redis-py's own round trip.
+        self._pipeline = pipeline
         self._prefix = settings.redis_prefix
         self._ttl_ms = round(settings.reservation_ttl_s * 1000)
         self._keep_ms = settings.replay_window_ms
@@ -152,6 +158,11 @@ class StockStore:
 
     def keys(self, sku: str) -> SkuKeys:
         return SkuKeys(self._prefix, sku)
+
+    async def _run(self, script: LuaScript, keys: list[KeyT], args: list[ArgT]) -> Any:
+        if self._pipeline is not None:
+            return await self._pipeline.script(script, keys, args)
+        return await script(self._redis, keys, args)
 
     @property
     def index_key(self) -> str:
@@ -194,8 +205,10 @@ class StockStore:
                 order.session_id,
                 order.total_cents,
             ]
-        levels, rows = await self._reserve_batch(
-            self._redis, [k.stock, k.orders, k.buyers, k.holds, k.orders_due, k.buyers_due], args
+        levels, rows = await self._run(
+            self._reserve_batch,
+            [k.stock, k.orders, k.buyers, k.holds, k.orders_due, k.buyers_due],
+            args,
         )
         offsets = {order.order_id: order.offset for order in orders}
         decisions: list[ReservationDecision] = []
@@ -227,8 +240,8 @@ class StockStore:
     ) -> HoldOutcome:
         """order.paid: turn a live hold into a sale and allocate its lots (FEFO)."""
         k = self.keys(sku)
-        reply = await self._commit(
-            self._redis,
+        reply = await self._run(
+            self._commit,
             [k.stock, k.orders, k.buyers, k.holds, k.lots, k.orders_due, k.buyers_due],
             [
                 _now(now_ms),
@@ -253,8 +266,8 @@ class StockStore:
     ) -> HoldOutcome:
         """order.cancelled: give a live hold's units back."""
         k = self.keys(sku)
-        reply = await self._release(
-            self._redis,
+        reply = await self._run(
+            self._release,
             [k.stock, k.orders, k.buyers, k.holds, k.orders_due, k.buyers_due],
             [_now(now_ms), _offset_field(topic, partition), offset, order_id, self._keep_ms],
         )
@@ -265,8 +278,8 @@ class StockStore:
     ) -> SweepResult:
         """Release up to `limit` overdue holds of a sku into its outbox."""
         k = self.keys(sku)
-        released, holds_left, outbox_len, levels = await self._expire_holds(
-            self._redis,
+        released, holds_left, outbox_len, levels = await self._run(
+            self._expire_holds,
             [k.stock, k.orders, k.buyers, k.holds, k.outbox, k.orders_due, k.buyers_due],
             [_now(now_ms), limit, self._keep_ms],
         )
@@ -280,8 +293,8 @@ class StockStore:
     async def upsert_lot(self, sku: str, lot: LotInput) -> LotUpsertResult:
         """Create a lot or set its received quantity; conflicts change nothing."""
         k = self.keys(sku)
-        status, payload, levels = await self._upsert_lot(
-            self._redis,
+        status, payload, levels = await self._run(
+            self._upsert_lot,
             [k.stock, k.lots],
             [
                 lot.lot_code,
@@ -332,7 +345,7 @@ class StockStore:
     async def track_holds(self, skus: Sequence[str]) -> None:
         """Tell the sweeper these skus hold units (call after the script that held them)."""
         if skus:
-            await self._track_holds(self._redis, [self.index_key, self.index_seq_key], list(skus))
+            await self._run(self._track_holds, [self.index_key, self.index_seq_key], list(skus))
 
     async def skus_with_holds(self) -> list[tuple[str, int]]:
         """(sku, stamp) of every sku that may hold units or have unpublished expiries."""
@@ -344,14 +357,18 @@ class StockStore:
 
     async def forget_sku(self, sku: str, stamp: int) -> bool:
         """Drop a sku from the index if no hold was added since `stamp` was read."""
-        return bool(await self._forget_sku(self._redis, [self.index_key], [sku, stamp]))
+        return bool(await self._run(self._forget_sku, [self.index_key], [sku, stamp]))
 
     # -- retention (see the module docstring)
 
     async def track_retention(self, skus: Sequence[str]) -> None:
         """Tell the decision sweep these skus may have entries to drop some day. The set
         holds every sku ever decided or stocked (as many as the skus' stock hashes)."""
-        if skus:
+        if not skus:
+            return
+        if self._pipeline is not None:
+            await self._pipeline.command("SADD", self.retention_index_key, *skus)
+        else:
             await self._redis.sadd(self.retention_index_key, *skus)
 
     async def skus_with_retention(self) -> list[str]:
@@ -361,8 +378,10 @@ class StockStore:
     async def forget_decisions(self, sku: str, *, now_ms: int, limit: int = 500) -> RetentionSweep:
         """Drop up to `limit` due order records and buyer entries of a sku."""
         k = self.keys(sku)
-        orders, buyers, orders_left, buyers_left = await self._forget_decisions(
-            self._redis, [k.orders, k.orders_due, k.buyers, k.buyers_due], [now_ms, limit]
+        orders, buyers, orders_left, buyers_left = await self._run(
+            self._forget_decisions,
+            [k.orders, k.orders_due, k.buyers, k.buyers_due],
+            [now_ms, limit],
         )
         return RetentionSweep(int(orders), int(buyers), int(orders_left), int(buyers_left))
 
@@ -373,8 +392,8 @@ class StockStore:
         for raw_code in cast(list[bytes], await self._redis.hkeys(k.lots)):
             lot_code = _text(raw_code)
             while True:
-                gone, _left = await self._forget_due(
-                    self._redis,
+                gone, _left = await self._run(
+                    self._forget_due,
                     [k.journal_dedup_due(lot_code), k.journal_dedup(lot_code)],
                     [now_ms, limit],
                 )
