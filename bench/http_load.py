@@ -206,17 +206,22 @@ async def scenario_decided(bench: Bench) -> list[ScenarioResult]:
     return results
 
 
-async def scenario_sold_out(bench: Bench) -> list[ScenarioResult]:
-    sku = new_sku()
-    session_id = await open_sold_out_sale(bench, sku)
-    before = await fast_path_count(bench)
-    plan = timed_plan(
+def sale_plan(bench: Bench, session_id: str, sku: str) -> WrkPlan:
+    """Orders for `sku` in the session, at --connections for --duration."""
+    return timed_plan(
         bench,
         bench.endpoints.live_orders,
         bench.orders_path(session_id),
         sku,
         bench.args.connections,
     )
+
+
+async def scenario_sold_out(bench: Bench) -> list[ScenarioResult]:
+    sku = new_sku()
+    session_id = await open_sold_out_sale(bench, sku)
+    before = await fast_path_count(bench)
+    plan = sale_plan(bench, session_id, sku)
     result = await measure(bench, f"sold_out_{bench.args.connections}", bench.stack(), plan)
     after = await fast_path_count(bench)
     if before is not None and after is not None:
@@ -327,14 +332,7 @@ async def warm_up(bench: Bench, selected: Sequence[str]) -> None:
     for open_sale in (open_decided_sale, open_sold_out_sale):
         sku = new_sku()
         session_id = await open_sale(bench, sku)
-        plan = timed_plan(
-            bench,
-            bench.endpoints.live_orders,
-            bench.orders_path(session_id),
-            sku,
-            bench.args.connections,
-        )
-        plan = replace(plan, duration_s=max(1, seconds // 2))
+        plan = replace(sale_plan(bench, session_id, sku), duration_s=max(1, seconds // 2))
         await asyncio.to_thread(run_wrk, plan, bench.workdir, f"warmup-{open_sale.__name__}")
 
 

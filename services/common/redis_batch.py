@@ -174,15 +174,10 @@ class TickPipeline:
         flush, loads = token
         retry: list[_Queued] = []
         for entry, reply in zip(flush.queued, replies[loads:], strict=True):
-            future = entry[2]
             if isinstance(reply, NoScriptError) and entry[1] is not None:
                 retry.append(entry)
-            elif future is None or future.done():  # nobody waits, or the caller gave up
-                continue
-            elif isinstance(reply, Exception):
-                future.set_exception(reply)
             else:
-                future.set_result(reply)
+                _resolve(entry[2], reply)
         if retry:
             # Flushed from Redis by hand: loaded again (by _write) and sent once more.
             self._loaded.clear()
@@ -352,9 +347,13 @@ def _fail(queued: list[_Queued], exc: BaseException) -> None:
 
 def _deliver(queued: list[_Queued], replies: list[Any]) -> None:
     for (_, _, future), reply in zip(queued, replies, strict=True):
-        if future is None or future.done():  # nobody waits, or the caller was cancelled
-            continue
-        if isinstance(reply, Exception):
-            future.set_exception(reply)
-        else:
-            future.set_result(reply)
+        _resolve(future, reply)
+
+
+def _resolve(future: asyncio.Future[Any] | None, reply: Any) -> None:
+    if future is None or future.done():  # nobody waits, or the caller was cancelled
+        return
+    if isinstance(reply, Exception):
+        future.set_exception(reply)
+    else:
+        future.set_result(reply)
