@@ -250,8 +250,10 @@ class Order:
         return view
 
 
+@functools.lru_cache(maxsize=4096)
 def request_fingerprint(session_id: str, sku: str, quantity: int) -> str:
-    """What makes two order requests "the same body" for an idempotency key."""
+    """What makes two order requests "the same body" for an idempotency key. A sale has a
+    handful of (session, sku, quantity): each is hashed once, not once per attempt."""
     return hashlib.sha256(f"{session_id}\n{sku}\n{quantity}".encode()).hexdigest()[:32]
 
 
