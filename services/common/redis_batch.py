@@ -23,6 +23,12 @@ script loaded and the command sent again, after the commands queued behind it.
 Each command keeps its own result or error; replies are raw, as the connection's
 protocol gives them (RESP3: HGETALL is a map).
 
+A command nobody waits for (`defer`: a flag that only saves later work, an announcement)
+does not get a flush of its own: it rides along with the next one, ahead of that flush's
+commands, or goes out alone after `DEFER_MAX_S`. When orders come one by one (a few
+hundred a second) every flush was a round trip, and a round trip costs each side tens
+of microseconds of system time on top of the Python (bench/RESULTS.md).
+
 In cluster mode (a `RedisCluster` client) one connection cannot carry the tick: each
 command must reach the node of its key's slot. The tick then goes out as redis-py's
 non-transactional cluster pipeline, which groups the commands by node, sends each group
@@ -35,6 +41,7 @@ order), so there it is sent, and must succeed, before the rest of the tick.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine
 from typing import Any
 
@@ -56,6 +63,10 @@ RECONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.4)
 MAX_ATTEMPTS = len(RECONNECT_BACKOFF_S) + 1
 # Commands queued in one tick that are written at once, before the tick ends (single node).
 CHUNK = 16
+# How long a deferred command waits for a flush to ride along with before it is sent alone.
+DEFER_MAX_S = 0.002
+
+log = logging.getLogger(__name__)
 
 # A command, the script it runs (to reload on NOSCRIPT), and the future of its reply (None:
 # a reply nobody waits for: a `before` command).
@@ -79,6 +90,9 @@ class TickPipeline:
         self._read_timeout_s = read_timeout_s
         self._queue: list[_Queued] = []
         self._scheduled = False
+        # Deferred commands waiting for the next flush, and the timer that sends them alone.
+        self._deferred: list[_Queued] = []
+        self._defer_timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Single node: the connection, the scripts loaded on it, and while it is being
         # (re)opened the flushes waiting for it, in order.
@@ -113,6 +127,24 @@ class TickPipeline:
             self._queue.append((before, None, None))
         return self._enqueue(("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
+    def defer(self, *args: Any) -> None:
+        """Queue one command whose reply nobody waits for: it goes out with the next flush
+        (ahead of that flush's commands, so after everything queued before it), or alone
+        after DEFER_MAX_S. It is retried like any command; a failure is logged."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        future.add_done_callback(_log_deferred_failure)
+        self._deferred.append((args, None, future))
+        if self._defer_timer is None:
+            self._defer_timer = loop.call_later(DEFER_MAX_S, self._send_deferred)
+
+    def _send_deferred(self) -> None:
+        self._defer_timer = None
+        if self._deferred and not self._queue:
+            self._start_flush()
+
     def _enqueue(self, args: tuple[Any, ...], script: LuaScript | None) -> asyncio.Future[Any]:
         # The loop is kept: asyncio.get_running_loop() costs a getpid() system call on
         # Python 3.11, twice per order at this rate.
@@ -136,6 +168,11 @@ class TickPipeline:
 
     def _start_flush(self) -> None:
         queued, self._queue = self._queue, []
+        if self._deferred:
+            queued[:0], self._deferred = self._deferred, []
+            if self._defer_timer is not None:
+                self._defer_timer.cancel()
+                self._defer_timer = None
         if self._cluster is not None:
             self._in_task(self._flush(queued))
             return
@@ -326,7 +363,7 @@ class TickPipeline:
     async def aclose(self) -> None:
         """Send what is queued, wait until every flush is answered (their callers are
         waiting for them), then close the connection."""
-        if self._queue:
+        if self._queue or self._deferred:
             self._start_flush()
         while self._unanswered or self._tasks:
             if self._unanswered:
@@ -357,3 +394,8 @@ def _resolve(future: asyncio.Future[Any] | None, reply: Any) -> None:
         future.set_exception(reply)
     else:
         future.set_result(reply)
+
+
+def _log_deferred_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and (error := future.exception()) is not None:
+        log.warning("a deferred Redis command failed", exc_info=error)

@@ -41,7 +41,7 @@ class OrderTransitions(Protocol):
         self, requests: Sequence[TransitionRequest], *, now: str
     ) -> list[TransitionResult]: ...
 
-    async def announce(self, updates: Sequence[OrderUpdate], source: str) -> None: ...
+    def announce(self, updates: Sequence[OrderUpdate], source: str) -> None: ...
 
 
 class SoldOutRecord(Protocol):
@@ -122,7 +122,7 @@ class EventHandlers:
             # This process's waiters first, at once (the states are stored); then one message
             # for the whole batch, from which every other process wakes its own.
             self._waiters.apply(updates)
-            await self._orders.announce(updates, self._source)
+            self._orders.announce(updates, self._source)
 
     def _count(self, outcome: OrderOutcome, result: TransitionResult) -> None:
         if result.outcome != "applied":

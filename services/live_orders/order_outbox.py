@@ -60,6 +60,8 @@ class OutboxRecords(Protocol):
 
     async def mark_published(self, order_ids: Sequence[str], *, flag: bool = True) -> None: ...
 
+    def mark_published_soon(self, order_id: str) -> None: ...
+
     async def release_publish_lease(self, order_id: str) -> None: ...
 
     async def outbox_due(self, placed_before_ms: int, limit: int) -> list[str]: ...
@@ -103,7 +105,7 @@ class OrderOutbox:
         except BaseException:
             await self._store.release_publish_lease(order.order_id)
             raise
-        await self._store.mark_published([order.order_id])
+        self._store.mark_published_soon(order.order_id)
 
     def tally_soon(self, order: Order) -> None:
         """An order refused here: counted (and its tally published) by the background task."""

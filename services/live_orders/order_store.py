@@ -146,6 +146,15 @@ class OrderStore:
             self._pipeline.command("ZREM", self._keys.outbox, *order_ids),
         )
 
+    def mark_published_soon(self, order_id: str) -> None:
+        """`mark_published` for one order, with the next round trip rather than one of its
+        own, and nobody waiting: the buyer waits for inventory's decision, not for this.
+        Until it lands the order looks as it did before the acknowledgement (a cancel is
+        answered "retry", the outbox sweep may publish it again: harmless); if it never
+        lands, the outcome marks the order published and the sweep drops the id."""
+        self._pipeline.defer("HSET", self._keys.order(order_id), "published", "1")
+        self._pipeline.defer("ZREM", self._keys.outbox, order_id)
+
     async def outbox_due(self, placed_before_ms: int, limit: int) -> list[str]:
         """Ids in the outbox since before `placed_before_ms`, oldest first."""
         raw = await self._pipeline.command(
@@ -227,9 +236,11 @@ class OrderStore:
         )
         return result
 
-    async def announce(self, updates: Sequence[OrderUpdate], source: str) -> None:
-        """Tell every process's waiters the new states of these orders (one message)."""
-        await self._pipeline.command(
+    def announce(self, updates: Sequence[OrderUpdate], source: str) -> None:
+        """Tell every process's waiters the new states of these orders (one message), with
+        the next round trip (at most DEFER_MAX_S later) rather than one of its own: the
+        states are stored, and this process's own waiters have them already."""
+        self._pipeline.defer(
             "PUBLISH", self._keys.order_updates_channel, encode_updates(updates, source)
         )
 

@@ -1,6 +1,7 @@
 """TickPipeline on one PipelinedConnection against the real redis-server: replies in queue
 order, a CHUNK written before its tick ends, NOSCRIPT reloaded, a killed connection and a
-reply that never comes replaced by a new connection, and aclose() closing it for good."""
+reply that never comes replaced by a new connection, aclose() closing it for good, and
+deferred commands riding along with the next write."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from services.common.redis_batch import CHUNK, RECONNECT_BACKOFF_S, TickPipeline
+from services.common.redis_batch import CHUNK, DEFER_MAX_S, RECONNECT_BACKOFF_S, TickPipeline
+from services.common.redis_pipelined import PipelinedConnection
 from services.common.redis_scripts import LuaScript, create_redis
 from tests.conftest import Backends
 from tests.waiting import eventually
@@ -196,3 +198,59 @@ async def test_aclose_answers_what_is_in_flight_and_closes_the_connection(
             await client.aclose()
         gc.collect()  # an unclosed socket or transport warns when collected
     assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
+
+
+async def test_a_deferred_command_rides_ahead_of_the_next_flush_in_the_same_write(
+    pipeline: TickPipeline, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await pipeline.command("PING")  # connected
+    writes: list[int] = []
+    send = PipelinedConnection.send
+
+    def counted(self: PipelinedConnection, packed: bytes, count: int, token: object) -> None:
+        writes.append(count)
+        send(self, packed, count, token)
+
+    monkeypatch.setattr(PipelinedConnection, "send", counted)
+    key = f"{prefix}deferred"
+    pipeline.defer("SET", key, "deferred")
+    # Queued after it in the same tick: runs after it, and both go out in one write.
+    assert await pipeline.command("GET", key) == b"deferred"
+    assert writes == [2]
+
+
+async def test_a_deferred_command_alone_goes_out_after_its_wait(
+    pipeline: TickPipeline, redis: Redis, prefix: str
+) -> None:
+    key = f"{prefix}deferred"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    pipeline.defer("SET", key, "alone")
+
+    async def written() -> bool:
+        return await redis.get(key) == b"alone"
+
+    await eventually(written, timeout=5, what="the deferred SET ran")
+    assert loop.time() - started >= DEFER_MAX_S
+
+
+async def test_aclose_sends_what_was_deferred(redis: Redis, prefix: str) -> None:
+    pipeline = TickPipeline(redis)
+    key = f"{prefix}deferred"
+    pipeline.defer("SET", key, "before-close")
+    await pipeline.aclose()
+    assert await redis.get(key) == b"before-close"
+
+
+async def test_a_deferred_command_that_fails_is_logged(
+    pipeline: TickPipeline, redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = f"{prefix}not-a-number"
+    await redis.set(key, "text")
+    pipeline.defer("INCR", key)
+    assert await pipeline.command("GET", key) == b"text"  # answered after the INCR's error
+
+    async def logged() -> bool:
+        return any("a deferred Redis command failed" in r.getMessage() for r in caplog.records)
+
+    await eventually(logged, timeout=5, what="the failed INCR logged")

@@ -239,7 +239,7 @@ class FakeOrderRecords:
         self.add(dataclasses.replace(order, status=status, updated_at=now, **fields))
         return TransitionResult("applied", order.status, order.placed_ms)
 
-    async def announce(self, updates: Sequence[OrderUpdate], source: str) -> None:
+    def announce(self, updates: Sequence[OrderUpdate], source: str) -> None:
         self.announced.append(list(updates))
 
 
