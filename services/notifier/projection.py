@@ -110,6 +110,19 @@ class AssignIfNewer:
 
 
 @dataclass(frozen=True, slots=True)
+class IncrementOnce:
+    """HINCRBY key field amount, only if `member` is new in the set `seen` (then added
+    there): a count that more than one event may carry, made by whichever comes first
+    (see `_attempt`)."""
+
+    key: str
+    field: str
+    amount: int
+    seen: str
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
 class KeepForTrace:
     """ZADD key GT <now + the trace retention> member: `key` is the companion sorted set
     (member -> epoch ms it may go) of a hash whose field `member` the retention sweep drops
@@ -119,7 +132,7 @@ class KeepForTrace:
     member: str
 
 
-Op = Increment | Assign | RankAdd | AssignIfNewer | SetAdd | KeepForTrace
+Op = Increment | Assign | RankAdd | AssignIfNewer | SetAdd | KeepForTrace | IncrementOnce
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +151,7 @@ class EventEffect:
 
 
 OrderEvent = (
-    OrderPlaced
-    | OrderRejected
+    OrderRejected
     | ReservationConfirmed
     | ReservationRejected
     | ReservationCommitted
@@ -148,9 +160,19 @@ OrderEvent = (
 )
 
 
-def _placed(event: OrderPlaced, totals: str, keys: NotifierKeys) -> list[Op]:
-    ops: list[Op] = [Increment(totals, "attempts", 1)]
-    return ops
+def _attempt(event: ReservationConfirmed | ReservationRejected, keys: NotifierKeys) -> Op:
+    """An attempt that reached inventory, counted from inventory's decision on it (every
+    order.placed gets exactly one: confirmed or rejected), not from the order.placed
+    itself: that event is not decoded at all then, one event fewer per order. Guarded by
+    the member order.placed:<id> that counting the order.placed used, so an order whose
+    order.placed was counted by a notifier from before this rule is not counted again."""
+    return IncrementOnce(
+        keys.totals(event.session_id),
+        "attempts",
+        1,
+        keys.seen(event.session_id),
+        f"{OrderPlaced.TYPE}:{event.order_id}",
+    )
 
 
 def _refused_here(event: OrderRejected, totals: str, keys: NotifierKeys) -> list[Op]:
@@ -161,11 +183,12 @@ def _refused_here(event: OrderRejected, totals: str, keys: NotifierKeys) -> list
 
 def _rejected(event: ReservationRejected, totals: str, keys: NotifierKeys) -> list[Op]:
     counter = REJECTION_COUNTER.get(event.reason)
-    return [Increment(totals, counter, 1)] if counter else []
+    return [_attempt(event, keys)] + ([Increment(totals, counter, 1)] if counter else [])
 
 
 def _confirmed(event: ReservationConfirmed, totals: str, keys: NotifierKeys) -> list[Op]:
     return [
+        _attempt(event, keys),
         Increment(totals, "reserved_orders", 1),
         Increment(totals, "units_reserved", event.quantity),
     ]
@@ -203,7 +226,6 @@ def _expired(event: ReservationExpired, totals: str, keys: NotifierKeys) -> list
 # identifies the effect: an outcome that inventory re-published after a crash, under a
 # new offset, is still counted once.
 ORDER_EFFECTS: dict[type[Message], Callable[[Any, str, NotifierKeys], list[Op]]] = {
-    OrderPlaced: _placed,
     OrderRejected: _refused_here,
     ReservationRejected: _rejected,
     ReservationConfirmed: _confirmed,

@@ -16,6 +16,7 @@ from services.notifier.projection import (
     AssignIfNewer,
     EventEffect,
     Increment,
+    IncrementOnce,
     KeepForTrace,
     Op,
     SessionInfo,
@@ -204,6 +205,8 @@ def _encode_op(op: Op, index: _KeyIndex) -> list[Any]:
         return ["a", index(op.key), op.member]
     if isinstance(op, KeepForTrace):
         return ["d", index(op.key), op.member]
+    if isinstance(op, IncrementOnce):
+        return ["g", index(op.key), op.field, str(op.amount), index(op.seen), op.member]
     return ["z", index(op.key), op.member, str(op.amount)]
 
 

@@ -17,6 +17,7 @@ from services.notifier.projection import (
     AssignIfNewer,
     EventEffect,
     Increment,
+    IncrementOnce,
     KeepForTrace,
     RankAdd,
     SessionInfo,
@@ -40,10 +41,13 @@ def effect(type_: str, data: dict[str, Any], offset: int) -> EventEffect:
     return effect_of(MESSAGE_TYPES[(type_, 1)].from_data(data), offset, KEYS)
 
 
-def totals_after(*events: tuple[str, dict[str, Any]]) -> dict[str, int]:
-    """Apply effects the way the Lua step does (guards included), in memory."""
+def totals_after(
+    *events: tuple[str, dict[str, Any]], seen: set[str] | None = None
+) -> dict[str, int]:
+    """Apply effects the way the Lua step does (guards included), in memory; `seen`: the
+    session's guard set as it was before."""
     totals = dict.fromkeys(TOTAL_FIELDS, 0)
-    seen: set[str] = set()
+    seen = set() if seen is None else seen
     for offset, (type_, data) in enumerate(events):
         applied = effect(type_, data, offset)
         if applied.guard is not None:
@@ -54,6 +58,11 @@ def totals_after(*events: tuple[str, dict[str, Any]]) -> dict[str, int]:
             if isinstance(op, Increment):
                 assert op.key == KEYS.totals("s1")
                 totals[op.field] += op.amount
+            elif isinstance(op, IncrementOnce):
+                assert (op.key, op.seen) == (KEYS.totals("s1"), KEYS.seen("s1"))
+                if op.member not in seen:
+                    seen.add(op.member)
+                    totals[op.field] += op.amount
     return totals
 
 
@@ -90,8 +99,8 @@ def test_a_paid_order_moves_units_from_held_to_sold() -> None:
     [
         ("order.rejected", "sold_out", {"attempts": 1, "rejected_sold_out": 1}),
         ("order.rejected", "not_on_sale", {"attempts": 1}),
-        ("reservation.rejected", "limit_exceeded", {"rejected_limit": 1}),
-        ("reservation.rejected", "sold_out", {"rejected_sold_out": 1}),
+        ("reservation.rejected", "limit_exceeded", {"attempts": 1, "rejected_limit": 1}),
+        ("reservation.rejected", "sold_out", {"attempts": 1, "rejected_sold_out": 1}),
     ],
 )
 def test_rejections_land_in_their_reason_counter(
@@ -99,6 +108,29 @@ def test_rejections_land_in_their_reason_counter(
 ) -> None:
     totals = totals_after((type_, {**BASE, "reason": reason}))
     assert {k: v for k, v in totals.items() if v} == expected
+
+
+PLACED = {
+    **BASE,
+    "unit_price_cents": 500,
+    "total_cents": 1000,
+    "per_user_limit": 2,
+    "placed_at": "2030-01-01T00:00:00Z",
+}
+
+
+def test_an_attempt_is_counted_from_its_decision_once() -> None:
+    confirmed = ("reservation.confirmed", {**BASE, "total_cents": 1000, "expires_at": "x"})
+    # order.placed itself counts nothing (the notifier does not even decode it) ...
+    assert effect("order.placed", PLACED, 0).ops == ()
+    assert {k: v for k, v in totals_after(("order.placed", PLACED)).items() if v} == {}
+    # ... its decision counts the attempt, once however often it comes ...
+    assert totals_after(confirmed, confirmed)["attempts"] == 1
+    # ... and not again when a notifier from before this rule counted the order.placed
+    # (under the member order.placed:<id>) and this one gets the decision.
+    counted_before = {"order.placed:o1"}
+    totals = totals_after(confirmed, seen=counted_before)
+    assert (totals["attempts"], totals["reserved_orders"]) == (0, 1)
 
 
 def tally(tally_id: str, sold_out: int, not_on_sale: int) -> tuple[str, dict[str, Any]]:

@@ -15,6 +15,9 @@
 --                recorded for `field` in the versions hash (see projection.AssignIfNewer)
 --              | ["d", key_index, member]          ZADD GT ARGV[4] member: the member may
 --                be dropped (from the hash the sorted set accompanies) at ARGV[4]
+--              | ["g", key_index, field, amount, set_key_index, member]
+--                HINCRBY only if SADD set member adds it (a count two events may carry:
+--                the first one makes it; the set is a guard set, kept as long)
 -- ARGV[4]   epoch ms: now + the trace retention (for "d" ops)
 --
 -- An entry at or below the recorded offset was applied before (Kafka redelivered the
@@ -55,6 +58,12 @@ for _, entry in ipairs(entries) do
         redis.call('ZINCRBY', key, op[4], op[3])
       elseif op[1] == 'a' then
         redis.call('SADD', key, op[3])
+      elseif op[1] == 'g' then
+        local seen = KEYS[op[5]]
+        guards[seen] = true
+        if redis.call('SADD', seen, op[6]) == 1 then
+          redis.call('HINCRBY', key, op[3], op[4])
+        end
       elseif op[1] == 'd' then
         redis.call('ZADD', key, 'GT', ARGV[4], op[3])
       elseif op[1] == 'n' then
