@@ -19,7 +19,11 @@ from services.common.redis_pubsub import Subscriber, subscriber
 from services.common.redis_scripts import RedisClient
 from services.live_orders.metrics import LiveOrdersMetrics
 from services.live_orders.order_context import OrderContextCache
-from services.live_orders.order_waiters import OrderWaiters, decode_updates
+from services.live_orders.order_waiters import (
+    OrderWaiters,
+    announcement_prefix,
+    decode_updates,
+)
 from services.live_orders.redis_keys import RedisKeys
 from services.live_orders.sold_out import SoldOutSkus
 
@@ -43,6 +47,7 @@ class BroadcastListener:
         source: str,
     ) -> None:
         self._source = source
+        self._own_announcements = announcement_prefix(source)
         self._contexts = contexts
         self._redis = redis
         self._keys = keys
@@ -119,8 +124,9 @@ class BroadcastListener:
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         name = channel.decode()
         if name == self._keys.order_updates_channel:
-            source, updates = decode_updates(data)
-            if source != self._source:  # this process woke its own waiters already
+            # This process woke its own waiters already: its announcements are not decoded.
+            if not data.startswith(self._own_announcements):
+                _, updates = decode_updates(data)
                 self._waiters.apply(updates)
         elif name == self._keys.sessions_channel:
             self._contexts.invalidate(data.decode())

@@ -63,6 +63,12 @@ def encode_updates(updates: Sequence[OrderUpdate], source: str) -> bytes:
     return orjson.dumps([source, [[u.order_id, u.status, u.updated_at, u.fields] for u in updates]])
 
 
+def announcement_prefix(source: str) -> bytes:
+    """What every announcement `source` made starts with: a process passes over its own
+    ones without decoding them (it woke its waiters before announcing)."""
+    return orjson.dumps([source, []])[: -len(b"[]]")]
+
+
 def decode_updates(raw: bytes) -> tuple[str, list[OrderUpdate]]:
     """(the announcing process, its updates)."""
     source, items = orjson.loads(raw)

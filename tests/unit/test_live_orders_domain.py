@@ -30,6 +30,7 @@ from services.live_orders.order_store import order_from_record, order_to_record
 from services.live_orders.order_waiters import (
     OrderUpdate,
     OrderWaiters,
+    announcement_prefix,
     decode_updates,
     encode_updates,
 )
@@ -229,6 +230,10 @@ async def test_updates_move_an_order_forward_only_and_survive_the_wire() -> None
     reserved = OrderUpdate("o1", "reserved", "t2", {"expires_at": "t9"})
     paid = OrderUpdate("o1", "paid", "t3", {"payment_ref": "p1"})
     assert decode_updates(encode_updates([reserved, paid], "lo-1")) == ("lo-1", [reserved, paid])
+    # A process tells its own announcements by their first bytes, and only its own.
+    assert encode_updates([reserved], "lo-1").startswith(announcement_prefix("lo-1"))
+    assert not encode_updates([reserved], "lo-12").startswith(announcement_prefix("lo-1"))
+    assert not encode_updates([reserved], 'lo-"1').startswith(announcement_prefix("lo-1"))
     moved = paid.applied_to(reserved.applied_to(pending))
     assert (moved.status, moved.payment_ref, moved.expires_at) == ("paid", "p1", "t9")
     # A late (replayed or overtaken) announcement never moves an order back.
