@@ -135,6 +135,19 @@ def ratios_to_l0(run: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     return {name: float(s["req_per_s"]) / base for name, s in run.items() if name != "l0"}
 
 
+def cpu_ratios_to_l0(run: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """CPU µs per answer of every scenario of one run (all processes) over what L0's empty
+    handler spent per request in the same run: how many empty requests' worth of CPU an
+    answer costs. The machine's speed moves both alike (this one's moves ±30% within an
+    hour), so this compares across runs and days where the µs do not."""
+    if "l0" not in run or not run["l0"]["cpu_us_per_answer_total"]:
+        return {}
+    base = float(run["l0"]["cpu_us_per_answer_total"])
+    return {
+        name: float(s["cpu_us_per_answer_total"]) / base for name, s in run.items() if name != "l0"
+    }
+
+
 def medians(runs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
     names = list(dict.fromkeys(name for run in runs for name in run))
     out: dict[str, dict[str, Any]] = {}
@@ -155,6 +168,9 @@ def medians(runs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[s
             "ratio_to_l0": _median(
                 ratios_to_l0(run)[name] for run in runs if name in ratios_to_l0(run)
             ),
+            "cpu_ratio_to_l0": _median(
+                cpu_ratios_to_l0(run)[name] for run in runs if name in cpu_ratios_to_l0(run)
+            ),
         }
     return out
 
@@ -174,6 +190,7 @@ def record(
         "rss_kib": {"idle": dict(rss_idle), "after": dict(rss_after)},
         "runs": by_name,
         "ratios_to_l0": [ratios_to_l0(run) for run in by_name],
+        "cpu_ratios_to_l0": [cpu_ratios_to_l0(run) for run in by_name],
         "medians": medians(by_name),
     }
 
@@ -255,6 +272,7 @@ def render(entry: Mapping[str, Any]) -> str:
                 fmt(med["p99_ms"], 1),
                 str(sum(s["socket_errors"].values())),
                 fmt(med["cpu_us_per_answer_total"]),
+                "1.0x" if name == "l0" else f"{fmt(med.get('cpu_ratio_to_l0'), 1)}x",
                 fmt(med["wrk_cpu_us_per_answer"]),
             ]
         )
@@ -269,6 +287,7 @@ def render(entry: Mapping[str, Any]) -> str:
                 "p99 ms",
                 "sock err (last)",
                 "CPU µs/answer",
+                "CPU x L0",
                 "wrk µs/answer",
             ],
             rows,
@@ -324,6 +343,9 @@ def render(entry: Mapping[str, Any]) -> str:
         out.append("per-run req/s ratio to L0 (same run):")
         for index, ratios in enumerate(entry["ratios_to_l0"], 1):
             out.append(f"  run {index}: " + ", ".join(f"{k} {v:.3f}x" for k, v in ratios.items()))
+        out.append("per-run CPU per answer over L0's CPU per request (same run):")
+        for index, ratios in enumerate(entry.get("cpu_ratios_to_l0", []), 1):
+            out.append(f"  run {index}: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()))
     profiled = [s["profiled"] for run in runs for s in run.values() if s.get("profiled")]
     if profiled:
         out.append("")

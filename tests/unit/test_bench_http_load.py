@@ -192,9 +192,13 @@ def test_ratios_are_taken_within_each_run_and_figures_are_medians() -> None:
     assert decided["ratio_to_l0"] == 0.08  # median of the per-run ratios, not of the rates
     assert decided["req_per_s"] == 500
     assert decided["cpu_us_per_answer"]["live_orders"] == pytest.approx(1e6 / 5000)
+    # CPU per answer over L0's CPU per request, in each run: 200/1, 250/2, 125/1.25.
+    assert [r["decided_64"] for r in entry["cpu_ratios_to_l0"]] == pytest.approx([200, 125, 100])
+    assert decided["cpu_ratio_to_l0"] == pytest.approx(125)
     assert entry["args"]["env_file"] == ".run/stack.env"
     text = load_report.render(entry)
     assert "run 2: decided_64 0.080x" in text
+    assert "run 1: decided_64 200.0x" in text
     assert "RSS MiB" in text
 
 
