@@ -228,8 +228,11 @@ async def test_a_box_label_traces_to_its_lot_and_session_and_nobody_else(
         before = consumed_so_far(running.app, topics)
         await pub.publish_many(items)
 
+        # order.placed is passed over unread (its decision counts the attempt).
+        handled = [item for item in items if item[2].type != "order.placed"]
+
         async def replay_consumed() -> bool:
-            return consumed_so_far(running.app, topics) >= before + len(items)
+            return consumed_so_far(running.app, topics) >= before + len(handled)
 
         await eventually(replay_consumed, what="the replay consumed")
 
