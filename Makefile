@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 
 .PHONY: help install system-deps fetch up down ps logs demo test test-unit test-integration \
         up-cluster down-cluster ps-cluster test-cluster \
-        lint typecheck fmt check bench bench-scale bench-lua bench-aio-burst soak token journal-verify \
+        lint typecheck fmt check bench bench-scale bench-lua bench-rtt bench-aio-burst soak token journal-verify \
         reconcile chaos clean
 
 help: ## list the targets
@@ -92,6 +92,9 @@ bench-scale: up ## decided orders/s and sold-out rejections/s, 1 vs 2 processes 
 
 bench-lua: up ## decided orders/s by orders per Lua call (StockStore.reserve_batch on Redis)
 	@$(PY) -m bench.reserve_batch_sizes --env-file .run/stack.env
+
+bench-rtt: up ## CPU and time of one round trip: Redis (socket, redis-py, TickPipeline), Kafka produce (client, broker)
+	@$(PY) -m bench.round_trips --env-file .run/stack.env $(BENCH_ARGS)
 
 bench-aio-burst: up ## bursts from an aiohttp client, 202s followed up: decided vs fast-path latency
 	@$(PY) -m bench.reserve_burst --env-file .run/stack.env

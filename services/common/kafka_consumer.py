@@ -41,11 +41,14 @@ RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 # broker is asked to hold each fetch until BATCH_MIN_BYTES came or BATCH_MAX_WAIT_MS passed,
 # so a burst arrives in batches of a few ms instead of one request per handful of events
 # (each fetch, produce and Lua call is a fixed cost); below LATENCY_MODE_RATE fetches
-# return at once again, so a lone order waits for nobody.
+# return at once again, so a lone order waits for nobody. The wait is every order's price
+# on that hop while the rate is between the two (live_orders' consumer at 8 buyers'
+# connections): 2 ms, not 5, took 2-3 ms off the p50 there with no clear cost in CPU at
+# 64 connections (bench/RESULTS.md).
 BATCH_MODE_RATE = 1_000
 LATENCY_MODE_RATE = 400
 BATCH_MIN_BYTES = 16 * 1024
-BATCH_MAX_WAIT_MS = 5
+BATCH_MAX_WAIT_MS = 2
 RATE_WINDOW_S = 0.5
 
 
