@@ -236,7 +236,7 @@ def _kafka_properties(
             # handler threads by default): on 2 cores a request handed to one of 8 handler
             # threads in turn meets a cold one each time. 1 + 1 there cost the broker
             # 10-20% less CPU per produce round trip and took ~15% off its latency
-            # (bench/RESULTS.md, "Kafka's threads").
+            # (bench/RESULTS.md, fifth session of issue #7).
             f"num.network.threads={_broker_threads(4)}",
             f"num.io.threads={_broker_threads(2)}",
             "",

@@ -1,7 +1,8 @@
 """Bounded memory in the notifier: a completed pick leaves its warehouse's `done` list
 after the pick retention, its task, trace code and order pick set expire after the trace
 retention, `order-buyers` entries are dropped after the trace retention, and the outcome
-guards expire after the replay window; a replayed pick.requested within it opens nothing."""
+guards expire after the replay window; a replayed pick.requested within it opens nothing;
+an attempt is counted once from its decision under those guards."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import pytest
 from redis.asyncio import Redis
 
 from services.common.clock import epoch_ms
-from services.common.messages import LotAllocation, PickRequested, ReservationCommitted
+from services.common.messages import (
+    LotAllocation,
+    PickRequested,
+    ReservationCommitted,
+    ReservationConfirmed,
+    ReservationRejected,
+)
 from services.common.redis_scripts import create_redis
 from services.common.settings import Settings
 from services.notifier.pick_store import PickStore
@@ -119,3 +126,57 @@ async def test_order_buyers_are_dropped_after_the_trace_retention(
     assert await client.hget(keys.order_buyers, "o-9") == b"b-1"
     assert (await sweep.sweep_once(int(due))).order_buyers == 1
     assert await client.hget(keys.order_buyers, "o-9") is None
+
+
+def confirmed(order_id: str) -> ReservationConfirmed:
+    return ReservationConfirmed(
+        order_id=order_id,
+        session_id="s-1",
+        sku="crab",
+        buyer_id=f"b-{order_id}",
+        quantity=1,
+        total_cents=100,
+        expires_at="2030-01-01T00:10:00.000Z",
+    )
+
+
+async def totals(client: Redis, keys: NotifierKeys) -> dict[str, int]:
+    raw = await client.hgetall(keys.totals("s-1"))
+    return {k.decode(): int(v) for k, v in raw.items() if int(v)}
+
+
+async def test_a_decision_counts_its_attempt_once_and_not_after_an_old_count(
+    redis: tuple[Redis, str],
+) -> None:
+    """An attempt is counted from inventory's decision, once, and not again for an order
+    whose order.placed a notifier from before that rule counted (op "g" of the Lua step)."""
+    client, prefix = redis
+    keys = NotifierKeys(prefix)
+    projection = ProjectionStore(client, keys, guard_ttl_s=120, trace_retention_s=TRACE_RETENTION_S)
+    rejected = ReservationRejected(
+        order_id="o-2", session_id="s-1", sku="crab", buyer_id="b-2", quantity=1, reason="sold_out"
+    )
+    applied = await projection.apply(
+        "lc.inventory:0",
+        [
+            effect_of(confirmed("o-1"), 0, keys),
+            effect_of(rejected, 1, keys),
+            effect_of(confirmed("o-1"), 2, keys),  # re-published under a new offset
+        ],
+    )
+    assert (applied.applied, applied.skipped) == (2, 1)
+    assert await totals(client, keys) == {
+        "attempts": 2,
+        "reserved_orders": 1,
+        "units_reserved": 1,
+        "rejected_sold_out": 1,
+    }
+
+    # o-3's order.placed was counted by a notifier from before this rule (the member it
+    # used): its decision counts the reservation, not the attempt a second time.
+    await client.sadd(keys.seen("s-1"), "order.placed:o-3")
+    await projection.apply("lc.inventory:0", [effect_of(confirmed("o-3"), 3, keys)])
+    counted = await totals(client, keys)
+    assert (counted["attempts"], counted["reserved_orders"]) == (2, 2)
+    # The guard set keeps its bounded life.
+    assert 0 < await client.ttl(keys.seen("s-1")) <= 120
