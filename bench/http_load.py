@@ -24,6 +24,8 @@ and per-run ratios to L0. A table goes to stdout, a JSON line to bench/results/h
     python -m bench.http_load --env-file .run/stack.env [--duration 10 --runs 3]
     python -m bench.http_load --duration 3 --burst-attempts 20000 --burst-buyers 5000
     python -m bench.http_load --profile live_orders          # py-spy flame graph
+    python -m bench.http_load --scenarios sold_out --profile live_orders \
+        --profile-scenario sold_out_64 --profile-pin              # ... of on-CPU time
 
 Prints figures; never fails on a timing. Exit status 1: the stack is not running, wrk is
 missing, or a scenario could not be set up; 3: the launch burst broke an invariant (a 5xx,
@@ -67,7 +69,7 @@ from bench.order_load import (
     open_sold_out_sale,
     timed_plan,
 )
-from bench.procstat import ProcError, idle_rates, rss_kib, stack_pids
+from bench.procstat import ProcError, alone_on_a_core, idle_rates, rss_kib, stack_pids
 from bench.wrk_runner import WrkError, WrkPlan, WrkResult, run_wrk
 from deploy.local.stack import (
     ROOT,
@@ -115,15 +117,23 @@ async def measure(
     """Run `plan` and attribute the CPU time of `pids` (before -> after the load and the
     asynchronous work it queued) to its answers."""
 
-    async def load() -> tuple[WrkResult, str | None]:
-        profiler = start_profiler(bench, name, plan)
-        try:
-            result = await asyncio.to_thread(run_wrk, plan, bench.workdir, name)
-        finally:
-            profiled = finish_profiler(profiler)
-        return result, profiled
+    async def load() -> tuple[WrkResult, str | None, int | None]:
+        target = profile_target(bench, name)
+        pinning: contextlib.AbstractContextManager[int | None] = contextlib.nullcontext()
+        if target is not None and bench.args.profile_pin:
+            others = [pid for pid in (*bench.stack().values(), bench.handler_pid) if pid != target]
+            pinning = alone_on_a_core(target, others)
+        with pinning as core:
+            profiler = start_profiler(bench, name, plan, target)
+            try:
+                result = await asyncio.to_thread(run_wrk, plan, bench.workdir, name)
+            finally:
+                profiled = finish_profiler(profiler)
+        return result, profiled, core
 
-    (result, profiled), cpu = await bench.measure(pids, load)
+    (result, profiled, core), cpu = await bench.measure(pids, load)
+    if core is not None:
+        extra["pinned"] = f"{bench.args.profile} alone on core {core}, the rest on the others"
     scenario = ScenarioResult.of(
         name, plan.connections, result, cpu, profiled=profiled, extra=extra
     )
@@ -137,12 +147,19 @@ class Profiler:
     output: Path
 
 
-def start_profiler(bench: Bench, scenario: str, plan: WrkPlan) -> Profiler | None:
+def profile_target(bench: Bench, scenario: str) -> int | None:
+    """The pid py-spy samples during `scenario`, if it is the one to profile (once)."""
     args = bench.args
     if args.profile is None or scenario != args.profile_scenario or bench.profiled:
         return None
+    return bench.handler_pid if args.profile == "empty_handler" else bench.stack()[args.profile]
+
+
+def start_profiler(bench: Bench, scenario: str, plan: WrkPlan, pid: int | None) -> Profiler | None:
+    if pid is None:
+        return None
+    args = bench.args
     bench.profiled = True
-    pid = bench.handler_pid if args.profile == "empty_handler" else bench.stack()[args.profile]
     py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if py_spy is None:
         raise BenchError("py-spy not found: `make install` installs requirements-dev.txt")
@@ -198,7 +215,8 @@ async def scenario_decided(bench: Bench) -> list[ScenarioResult]:
     sku = new_sku()
     session_id = await open_decided_sale(bench, sku)
     results = []
-    for connections in (bench.args.connections, bench.args.low_connections):
+    # --low-connections 0: the first run only.
+    for connections in filter(None, (bench.args.connections, bench.args.low_connections)):
         plan = timed_plan(
             bench, bench.endpoints.live_orders, bench.orders_path(session_id), sku, connections
         )
@@ -445,7 +463,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("-d", "--duration", type=int, default=10, help="s per timed scenario")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--low-connections", type=int, default=8, help="decided path, 2nd run")
+    parser.add_argument(
+        "--low-connections", type=int, default=8, help="decided path, 2nd run (0: none)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     add_order_arguments(parser, buyers_help="token pool (decided)")
     parser.add_argument("--burst-attempts", type=int, default=200_000)
@@ -470,6 +490,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: decided_<--connections>)",
     )
     parser.add_argument("--profile-duration", type=int, help="s of sampling (default: --duration)")
+    parser.add_argument(
+        "--profile-pin",
+        action="store_true",
+        help="during the profiled scenario, the profiled process alone on the last core and "
+        "everything else (stack, wrk, py-spy) on the others: py-spy then samples it only "
+        "while it runs (its figures describe that pinned layout, and say so)",
+    )
     args = parser.parse_args(argv)
     args.profile_scenario = args.profile_scenario or f"decided_{args.connections}"
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)

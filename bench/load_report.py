@@ -346,10 +346,14 @@ def render(entry: Mapping[str, Any]) -> str:
         out.append("per-run CPU per answer over L0's CPU per request (same run):")
         for index, ratios in enumerate(entry.get("cpu_ratios_to_l0", []), 1):
             out.append(f"  run {index}: " + ", ".join(f"{k} {v:.1f}x" for k, v in ratios.items()))
-    profiled = [s["profiled"] for run in runs for s in run.values() if s.get("profiled")]
+    profiled = [s for run in runs for s in run.values() if s.get("profiled")]
     if profiled:
         out.append("")
-        out.append(f"flame graph (its scenario's figures include py-spy's cost): {profiled[0]}")
+        out.append(
+            f"flame graph (its scenario's figures include py-spy's cost): {profiled[0]['profiled']}"
+        )
+        if profiled[0].get("pinned"):
+            out.append(f"  pinned while sampled: {profiled[0]['pinned']}")
     return "\n".join(out)
 
 

@@ -12,9 +12,10 @@ of a core, which no settling wait could ever reach.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -228,3 +229,44 @@ async def cpu_during(
         load_raw_s=loaded.seconds_since(before),
         load_s=loaded.at - before.at,
     )
+
+
+def _threads(pid: int) -> list[int]:
+    """The thread ids of `pid` and of every live descendant's threads."""
+    found: list[int] = []
+    for member in _tree(pid, _children()):
+        with contextlib.suppress(OSError):
+            found.extend(int(tid) for tid in os.listdir(f"/proc/{member}/task"))
+    return found
+
+
+def set_affinity(pids: Iterable[int], cpus: set[int]) -> None:
+    """Every thread of `pids` (and their descendants) on `cpus` only; threads started later
+    inherit it from the thread that starts them. A thread that ended meanwhile is skipped."""
+    for pid in pids:
+        for tid in _threads(pid):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, cpus)
+
+
+@contextlib.contextmanager
+def alone_on_a_core(pid: int, others: Iterable[int]) -> Iterator[int | None]:
+    """`pid` alone on the machine's last core, `others` and this process (so whatever it
+    starts: wrk, py-spy) on the rest, restored to every core afterwards. A sampling
+    profiler then samples that process only while it runs, not while it waits for a core:
+    on a busy 2-core machine py-spy otherwise charges a thread preempted at a system call
+    (a socket write that woke a peer) to that system call. Yields the core, or None (and
+    changes nothing) on a machine of one core."""
+    every = os.sched_getaffinity(0)
+    if len(every) < 2:
+        yield None
+        return
+    core = max(every)
+    rest = every - {core}
+    everyone = [os.getpid(), *others]
+    try:
+        set_affinity(everyone, rest)
+        set_affinity([pid], {core})
+        yield core
+    finally:
+        set_affinity([pid, *everyone], every)

@@ -14,6 +14,9 @@ against the running stack (`make up`):
                  CPU per round trip, by thread group (/proc/<pid>/task/*)
   kafka batch    the same with N events per request (send_batch): what is per request and
                  what is per event
+  kafka fetch    an empty fetch of N partitions (a consumer polling a quiet topic), with the
+                 broker holding it up to 2 ms (a consumer in batch mode) or answering at
+                 once: what a consumer's poll costs either side, whatever it returns
 
 Client CPU is this process's user and system time (getrusage) per round trip; the
 broker's is utime+stime of its threads. Rounds interleave the probes; figures are medians
@@ -26,6 +29,7 @@ on a timing.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import re
 import resource
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import uvloop
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench.procstat import CLK_TCK, read_pid
@@ -50,6 +55,9 @@ from services.common.settings import Settings
 
 EVENT = b"x" * 450
 BATCH_SIZES = (10, 100)
+# (partitions, the broker's fetch wait in ms) of the empty-fetch probes: the services'
+# consumers hold 12 (live_orders), 24 (inventory) and 48 (notifier) partitions.
+FETCHES = ((1, 2), (12, 2), (24, 2), (12, 0))
 
 
 @dataclass(frozen=True)
@@ -70,13 +78,16 @@ def _rusage() -> tuple[float, float]:
 
 def thread_group(comm: str) -> str:
     """A JVM thread's group from its (15-character) name: Kafka's request path, the JIT
-    compilers, the garbage collector, or the rest."""
+    compilers, the garbage collector, the delayed operations, or the rest."""
     if comm.startswith("data-plane"):
         return "request path"
     if comm.startswith(("C1 Compiler", "C2 Compiler", "CN_Compiler")) or "Compiler" in comm:
         return "jit"
     if re.match(r"^(GC Thread|G1 |GN_|GC_)", comm):
         return "gc"
+    if comm.startswith(("ExpirationReape", "executor-")):
+        # The purgatories: fetches and produces held until their data (or time) comes.
+        return "delayed ops"
     return "other"
 
 
@@ -96,16 +107,33 @@ def broker_ticks(pid: int | None) -> dict[str, int]:
 
 
 async def measure(
-    step: Callable[[], Awaitable[object]], count: int, broker_pid: int | None = None
+    step: Callable[[], Awaitable[object]],
+    count: int,
+    broker_pid: int | None = None,
+    *,
+    done: Callable[[], int] | None = None,
+    broker_idle: Mapping[str, float] | None = None,
 ) -> Cost:
-    """`count` sequential awaits of `step`."""
+    """`count` sequential awaits of `step`, or (`done`) awaits of it until `done()` counted
+    `count` round trips; `broker_idle` (cores by thread group) is taken off the broker's."""
     before, started, ticks = _rusage(), time.perf_counter(), broker_ticks(broker_pid)
-    for _ in range(count):
-        await step()
+    if done is None:
+        for _ in range(count):
+            await step()
+    else:
+        first = done()
+        while done() - first < count:
+            await step()
+        count = done() - first
     wall = time.perf_counter() - started
     after, ticks_after = _rusage(), broker_ticks(broker_pid)
+    idle = broker_idle or {}
     broker = {
-        group: (ticks_after[group] - ticks.get(group, 0)) / CLK_TCK / count * 1e6
+        group: max(
+            0.0, (ticks_after[group] - ticks.get(group, 0)) / CLK_TCK - idle.get(group, 0.0) * wall
+        )
+        / count
+        * 1e6
         for group in ticks_after
     }
     return Cost(
@@ -188,6 +216,19 @@ async def run_rounds(args: argparse.Namespace) -> dict[str, list[Cost]]:
                 costs[f"kafka produce, {size} events"].append(
                     await measure(produce_batch(size), args.count // 4, broker_pid)
                 )
+            idle = await broker_idle_rate(broker_pid)
+            for partitions, wait_ms in FETCHES:
+                costs[f"kafka fetch, {partitions} p, wait {wait_ms}"].append(
+                    await empty_fetches(
+                        settings,
+                        admin,
+                        partitions=partitions,
+                        wait_ms=wait_ms,
+                        count=args.count // 4,
+                        broker_pid=broker_pid,
+                        broker_idle=idle,
+                    )
+                )
     finally:
         await producer.stop()
         await pipeline.aclose()
@@ -197,6 +238,68 @@ async def run_rounds(args: argparse.Namespace) -> dict[str, list[Cost]]:
         finally:
             await admin.close()
     return costs
+
+
+async def broker_idle_rate(pid: int | None, seconds: float = 2.0) -> dict[str, float]:
+    """The broker's CPU (cores, by thread group) while this process sends it nothing: its
+    own timers, and the polls of the stack's idle consumers."""
+    before = broker_ticks(pid)
+    await asyncio.sleep(seconds)
+    after = broker_ticks(pid)
+    return {g: (after[g] - before.get(g, 0)) / CLK_TCK / seconds for g in after}
+
+
+async def empty_fetches(
+    settings: Settings,
+    admin: AIOKafkaAdminClient,
+    *,
+    partitions: int,
+    wait_ms: int,
+    count: int,
+    broker_pid: int | None,
+    broker_idle: Mapping[str, float],
+) -> Cost:
+    """`count` fetches of a consumer holding `partitions` partitions of a topic nobody
+    writes to; the broker holds each up to `wait_ms` for data that never comes."""
+    topic = f"{settings.topic_prefix}bench.rtt.fetch.{uuid.uuid4().hex[:8]}"
+    await admin.create_topics([NewTopic(topic, partitions, 1)])
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        fetch_max_wait_ms=wait_ms,
+        fetch_min_bytes=1,
+    )
+    fetches = 0
+    try:
+        await consumer.start()
+        # aiokafka's background fetcher sends them: count its requests (this consumer's
+        # client only; a bench probe, not the services' code).
+        client = consumer._client
+        send = client.send
+
+        def counting(node_id: int, request: object, *a: object, **k: object) -> Awaitable[object]:
+            nonlocal fetches
+            if type(request).__name__.startswith("FetchRequest"):
+                fetches += 1
+            return send(node_id, request, *a, **k)  # type: ignore[no-any-return]
+
+        client.send = counting
+        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        # Untimed: the partitions' leaders and positions are looked up first.
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=100)
+        return await measure(
+            lambda: consumer.getmany(timeout_ms=100),
+            count,
+            broker_pid,
+            done=lambda: fetches,
+            broker_idle=broker_idle,
+        )
+    finally:
+        await consumer.stop()
+        await admin.delete_topics([topic])
 
 
 def render(costs: Mapping[str, list[Cost]]) -> str:

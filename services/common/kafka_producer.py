@@ -158,9 +158,15 @@ class EventPublisher:
 
     async def _send_all(self, items: list[tuple[str, str, Envelope[Message]]]) -> None:
         pending = []
-        for topic, key, envelope in items:
-            pending.append(await self._producer.send(topic, encode(envelope), key=key.encode()))
-            self._metrics.events_published.labels(topic, envelope.type).inc()
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        try:
+            for topic, key, envelope in items:
+                pending.append(await self._producer.send(topic, encode(envelope), key=key.encode()))
+                counts[topic, envelope.type] += 1
+        finally:
+            # Per batch, not per event (a labelled counter costs a lock and a lookup).
+            for (topic, kind), count in counts.items():
+                self._metrics.events_published.labels(topic, kind).inc(count)
         if pending:
             await asyncio.gather(*pending)
 

@@ -33,7 +33,7 @@ from services.common.kafka_consumer import BatchHandler, ConsumerRunner
 from services.common.kafka_producer import EventPublisher, create_producer
 from services.common.kafka_topics import Topics, ensure_topics
 from services.common.messages import Message
-from services.common.metrics import PlatformMetrics
+from services.common.metrics import Children, PlatformMetrics
 from services.common.openapi import (
     API_DESCRIPTION,
     ID_PARAMETERS,
@@ -187,10 +187,8 @@ def _platform_middleware(metrics: PlatformMetrics) -> Any:
     error (a service's own exceptions through its PROBLEM_TRANSLATORS), and the request
     metrics. One coroutine, not one per concern: each middleware layer costs a call and an
     await per request, a visible share of a sold-out answer (bench/RESULTS.md)."""
-    # The labelled children, looked up once per (method, route, status): `labels()` takes a
-    # lock and builds a key on every call.
-    requests: dict[tuple[str, str, int], Any] = {}
-    latencies: dict[tuple[str, str], Any] = {}
+    requests = Children(metrics.http_requests)
+    latencies = Children(metrics.http_latency)
 
     @web.middleware
     async def platform(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -216,15 +214,8 @@ def _platform_middleware(metrics: PlatformMetrics) -> Any:
         finally:
             route = request.match_info.route.resource
             name = route.canonical if route is not None else "unmatched"
-            key = (request.method, name)
-            latency = latencies.get(key)
-            if latency is None:
-                latency = latencies[key] = metrics.http_latency.labels(*key)
-            counter = requests.get((*key, status))
-            if counter is None:
-                counter = requests[(*key, status)] = metrics.http_requests.labels(*key, str(status))
-            counter.inc()
-            latency.observe(time.perf_counter() - started)
+            requests(request.method, name, str(status)).inc()
+            latencies(request.method, name).observe(time.perf_counter() - started)
 
     return platform
 

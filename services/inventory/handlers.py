@@ -402,6 +402,6 @@ class EventHandlers:
             )
 
     def _count(self, outcome: str, fresh: bool, event_ms: int, decided_ms: int) -> None:
-        self._metrics.decisions.labels(outcome, "false" if fresh else "true").inc()
+        self._metrics.decision(outcome, "false" if fresh else "true").inc()
         if fresh:
             self._metrics.decision_latency.observe(max(decided_ms - event_ms, 0) / 1000)

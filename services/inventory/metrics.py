@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.metrics import LATENCY_BUCKETS
+from services.common.metrics import LATENCY_BUCKETS, Children
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +17,11 @@ class InventoryMetrics:
     holds_outstanding: Gauge
     sweeper_releases: Counter
     expiry_backlog: Gauge
+    # `decisions.labels(outcome, replay)`, looked up once per pair (one per order).
+    decision: Children = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decision", Children(self.decisions))
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> InventoryMetrics:

@@ -463,7 +463,8 @@ def record_from_json(order_id: str, raw: bytes | str) -> OrderRecord:
         buyer_id=str(doc["b"]),
         quantity=int(doc["q"]),
         total_cents=int(doc["t"]),
-        reason=cast(RejectReason | None, doc.get("r")),
+        # A quoted type: `RejectReason | None` evaluated builds a Union on every record.
+        reason=cast("RejectReason | None", doc.get("r")),
         expires_ms=int(doc["x"]) if "x" in doc else None,
         allocations=tuple(
             Allocation(

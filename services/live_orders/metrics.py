@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from services.common.metrics import LATENCY_BUCKETS
+from services.common.metrics import LATENCY_BUCKETS, Children
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,14 +22,11 @@ class LiveOrdersMetrics:
     ignored_outcomes: Counter
     broadcast_reconnects: Counter
     republished_orders: Counter
-    _outcome_children: dict[str, Any] = field(default_factory=dict)
+    # `order_outcomes.labels(label)`, looked up once per label.
+    outcome: Children = field(init=False)
 
-    def outcome(self, label: str) -> Any:
-        """`order_outcomes.labels(label)`, looked up once (the lookup takes a lock)."""
-        child = self._outcome_children.get(label)
-        if child is None:
-            child = self._outcome_children[label] = self.order_outcomes.labels(label)
-        return child
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "outcome", Children(self.order_outcomes))
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> LiveOrdersMetrics:

@@ -4,6 +4,7 @@ table, answers' status codes, request schemas, and the waiter registry."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.common.schemas import SCHEMAS_DIR, first_error
+from services.live_orders import order_waiters
 from services.live_orders.domain import (
     OUTCOME_TRANSITIONS,
     InvalidInput,
@@ -279,3 +281,44 @@ async def test_waiter_reads_after_registering_and_times_out_with_the_current_sta
     still = await waiters.wait("o2", lambda o: o.status != "pending", 0.05)
     assert still is not None and still.status == "pending"
     assert await waiters.wait("missing", lambda o: True, 1) is None
+
+
+async def test_a_waiter_that_missed_its_announcement_reads_again_after_the_safety_poll(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(order_waiters, "SAFETY_POLL_S", 0.02)
+    store = FakeOrders()
+    store.orders["o1"] = an_order()
+    waiters, registry = waiters_for(store)
+    task = asyncio.create_task(waiters.wait("o1", lambda o: o.status != "pending", 5))
+
+    async def registered() -> bool:
+        return len(waiters) > 0
+
+    await eventually(registered, timeout=1, interval=0.001, what="waiter registered")
+    # Decided, but the announcement never came (lost with a pub/sub connection).
+    store.orders["o1"] = an_order(status="reserved")
+    result = await asyncio.wait_for(task, 1)
+    assert result is not None and result.status == "reserved"
+    assert store.reads == 2, "one read at the start, one after the poll's time ran out"
+    assert len(waiters) == 0 and registry.get_sample_value("lc_live_orders_waiters") == 0
+
+
+def test_an_update_moves_the_state_and_its_three_fields_and_keeps_the_rest() -> None:
+    order = an_order()
+    update = OrderUpdate(
+        "o1",
+        "rejected",
+        "t2",
+        {"reason": "sold_out", "expires_at": "t9", "payment_ref": "p1", "buyer_id": "other"},
+    )
+    moved = update.applied_to(order)
+    assert moved == dataclasses.replace(
+        order,
+        status="rejected",
+        updated_at="t2",
+        reason="sold_out",
+        expires_at="t9",
+        payment_ref="p1",
+        published=True,
+    ), "only expires_at, reason and payment_ref come from an update's fields"
