@@ -93,7 +93,7 @@ bench-scale: up ## decided orders/s and sold-out rejections/s, 1 vs 2 processes 
 bench-lua: up ## decided orders/s by orders per Lua call (StockStore.reserve_batch on Redis)
 	@$(PY) -m bench.reserve_batch_sizes --env-file .run/stack.env
 
-bench-rtt: up ## CPU and time of one round trip: Redis (socket, redis-py, TickPipeline), Kafka produce (client, broker)
+bench-rtt: up ## CPU and time of one round trip: Redis (socket, redis-py, TickPipeline), Kafka produce and fetch (client, broker)
 	@$(PY) -m bench.round_trips --env-file .run/stack.env $(BENCH_ARGS)
 
 bench-aio-burst: up ## bursts from an aiohttp client, 202s followed up: decided vs fast-path latency

@@ -208,16 +208,24 @@ def waiters_for(store: FakeOrders) -> tuple[OrderWaiters, CollectorRegistry]:
     return OrderWaiters(store.read, LiveOrdersMetrics.create(registry)), registry
 
 
-async def test_waiter_wakes_on_a_broadcast_and_unregisters() -> None:
-    store = FakeOrders()
-    store.orders["o1"] = an_order()
-    waiters, registry = waiters_for(store)
-    task = asyncio.create_task(waiters.wait("o1", lambda o: o.status != "pending", 5))
+async def waiting_for_a_decision(
+    waiters: OrderWaiters, order_id: str
+) -> asyncio.Task[Order | None]:
+    """A request waiting (up to 5 s) for `order_id` to leave pending, once it is registered."""
+    task = asyncio.create_task(waiters.wait(order_id, lambda o: o.status != "pending", 5))
 
     async def registered() -> bool:
         return len(waiters) > 0
 
     await eventually(registered, timeout=1, interval=0.001, what="waiter registered")
+    return task
+
+
+async def test_waiter_wakes_on_a_broadcast_and_unregisters() -> None:
+    store = FakeOrders()
+    store.orders["o1"] = an_order()
+    waiters, registry = waiters_for(store)
+    task = await waiting_for_a_decision(waiters, "o1")
     reads = store.reads
     waiters.apply([OrderUpdate("o1", "reserved", "t2", {"expires_at": "t9"})])
     result = await asyncio.wait_for(task, 1)
@@ -258,12 +266,7 @@ async def test_waiters_reread_after_the_listener_reconnected() -> None:
     store = FakeOrders()
     store.orders["o1"] = an_order()
     waiters, _ = waiters_for(store)
-    task = asyncio.create_task(waiters.wait("o1", lambda o: o.status != "pending", 5))
-
-    async def registered() -> bool:
-        return len(waiters) > 0
-
-    await eventually(registered, timeout=1, interval=0.001, what="waiter registered")
+    task = await waiting_for_a_decision(waiters, "o1")
     store.orders["o1"] = an_order(status="reserved")
     waiters.wake_all()
     result = await asyncio.wait_for(task, 1)
@@ -290,12 +293,7 @@ async def test_a_waiter_that_missed_its_announcement_reads_again_after_the_safet
     store = FakeOrders()
     store.orders["o1"] = an_order()
     waiters, registry = waiters_for(store)
-    task = asyncio.create_task(waiters.wait("o1", lambda o: o.status != "pending", 5))
-
-    async def registered() -> bool:
-        return len(waiters) > 0
-
-    await eventually(registered, timeout=1, interval=0.001, what="waiter registered")
+    task = await waiting_for_a_decision(waiters, "o1")
     # Decided, but the announcement never came (lost with a pub/sub connection).
     store.orders["o1"] = an_order(status="reserved")
     result = await asyncio.wait_for(task, 1)
