@@ -26,7 +26,7 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
 	@touch $@
 
-system-deps: ## install redis-server, wrk, chromium and promtool from Debian when missing; check Java and Maven
+system-deps: ## install redis-server, wrk, ss, chromium and promtool from Debian when missing; check Java and Maven
 	@deploy/local/install-system-deps.sh
 
 install: system-deps $(STAMP) ## everything a fresh machine needs: system packages, the virtualenv

@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -45,7 +46,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,15 @@ from bench.order_load import (
     open_sold_out_sale,
     timed_plan,
 )
-from bench.procstat import ProcError, alone_on_a_core, idle_rates, rss_kib, stack_pids
+from bench.procstat import (
+    ProcError,
+    alone_on_a_core,
+    idle_rates,
+    rss_kib,
+    segments_sent,
+    socket_counters,
+    stack_pids,
+)
 from bench.wrk_runner import WrkError, WrkPlan, WrkResult, run_wrk
 from deploy.local.stack import (
     ROOT,
@@ -102,6 +111,8 @@ class Bench(OrderLoad):
     handler_url: str
     handler_pid: int
     profiled: bool = False  # py-spy runs once per invocation
+    # The ports whose requests are counted per process (the broker's, Redis').
+    counted_ports: dict[str, int] = field(default_factory=dict)
 
     def stack(self) -> dict[str, int]:
         # Read again for every scenario: the services may have been restarted since.
@@ -131,7 +142,12 @@ async def measure(
                 profiled = finish_profiler(profiler)
         return result, profiled, core
 
+    sockets = socket_counters()
     (result, profiled, core), cpu = await bench.measure(pids, load)
+    after = socket_counters() if sockets is not None else None
+    if sockets is not None and after is not None and bench.counted_ports:
+        services = {name: pid for name, pid in pids.items() if name in SERVICES}
+        extra["segments_sent"] = segments_sent(sockets, after, services, bench.counted_ports)
     if core is not None:
         extra["pinned"] = f"{bench.args.profile} alone on core {core}, the rest on the others"
     scenario = ScenarioResult.of(
@@ -424,6 +440,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 nonce=uuid.uuid4().hex[:8],
                 handler_url=handler_url,
                 handler_pid=handler_pid,
+                counted_ports=counted_ports(env),
             )
             entry = await run_all(bench)
     print()
@@ -442,6 +459,21 @@ async def main_async(args: argparse.Namespace) -> int:
         print(f"bench: launch burst invariants broken: {', '.join(broken)}", file=sys.stderr)
         return 3
     return 0
+
+
+def counted_ports(env: Mapping[str, str]) -> dict[str, int]:
+    """The broker's and Redis' ports on this machine (a remote or clustered one: none)."""
+    ports: dict[str, int] = {}
+    kafka = re.fullmatch(r"(?:127\.0\.0\.1|localhost):(\d+)", env.get("LC_KAFKA_BOOTSTRAP", ""))
+    redis = re.fullmatch(
+        r"rediss?://(?:[^@/]*@)?(?:127\.0\.0\.1|localhost):(\d+)(?:/\d*)?",
+        env.get("LC_REDIS_URL", ""),
+    )
+    if kafka:
+        ports["kafka"] = int(kafka.group(1))
+    if redis:
+        ports["redis"] = int(redis.group(1))
+    return ports
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

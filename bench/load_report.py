@@ -171,8 +171,57 @@ def medians(runs: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[s
             "cpu_ratio_to_l0": _median(
                 cpu_ratios_to_l0(run)[name] for run in runs if name in cpu_ratios_to_l0(run)
             ),
+            "segments_per_answer": segments_per_answer(rows),
         }
     return out
+
+
+def segments_per_answer(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median over runs of the data segments each service sent to each counted port
+    (`segments_sent`, from ss) per answered request."""
+    counted = [r for r in rows if r.get("segments_sent") and r["answered"]]
+    pairs = dict.fromkeys(
+        (process, target)
+        for r in counted
+        for process, targets in r["segments_sent"].items()
+        for target in targets
+    )
+    out: dict[str, dict[str, float]] = {}
+    for process, target in pairs:
+        value = _median(
+            r["segments_sent"][process][target] / r["answered"]
+            for r in counted
+            if target in r["segments_sent"].get(process, {})
+        )
+        if value is not None:
+            out.setdefault(process, {})[target] = value
+    return out
+
+
+def segments_table(meds: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Scenario rows, a column per (service, port) of segments sent per answer."""
+    columns = list(
+        dict.fromkeys(
+            (process, target)
+            for med in meds.values()
+            for process, targets in med.get("segments_per_answer", {}).items()
+            for target in targets
+        )
+    )
+    if not columns:
+        return None
+    rows = []
+    for name, med in meds.items():
+        per = med.get("segments_per_answer", {})
+        if not per:
+            continue  # l0: no service took part
+        rows.append(
+            [
+                name,
+                *(fmt(per.get(p, {}).get(t), 2) if t in per.get(p, {}) else "" for p, t in columns),
+            ]
+        )
+    return table(["scenario", *(f"{p} > {t}" for p, t in columns)], rows)
 
 
 def record(
@@ -323,6 +372,15 @@ def render(entry: Mapping[str, Any]) -> str:
         f"({', '.join(f'{k} {v * 100:.1f}%' for k, v in idle.items())} of a core) is "
         f"subtracted for the window. Waited after the load (last run): {settle}."
     )
+    segments = segments_table(meds)
+    if segments is not None:
+        out.append("")
+        out.append(
+            "Data segments sent per answer, per service and server (median over runs; from "
+            "`ss`, the kernel's TCP counters): each Kafka request or Redis pipeline flush is "
+            "one or more, so these bound the round trips an answer cost from above:"
+        )
+        out.append(segments)
     out.append("")
     rss = entry["rss_kib"]
     out.append(

@@ -14,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
+import shutil
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -270,3 +273,79 @@ def alone_on_a_core(pid: int, others: Iterable[int]) -> Iterator[int | None]:
         yield core
     finally:
         set_affinity([pid, *everyone], every)
+
+
+# One socket of `ss -tinpH`: its line, then an indented line of TCP_INFO counters.
+_SS_SOCKET = re.compile(r"^\S+\s+\d+\s+\d+\s+(\S+)\s+(\S+)\s+users:\((.*)\)\s*$")
+_SS_PID = re.compile(r"pid=(\d+)")
+_SS_SEGS = re.compile(r"\bdata_segs_out:(\d+)")
+
+# (local address, peer address) -> (pid, data segments sent so far)
+SocketCounters = dict[tuple[str, str], tuple[int, int]]
+
+
+def parse_ss(text: str) -> SocketCounters:
+    """The sockets of `ss -tinpH` output with their owner's pid and data_segs_out."""
+    found: SocketCounters = {}
+    current: tuple[str, str, int] | None = None
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line[0].isspace():
+            match = _SS_SOCKET.match(line)
+            pid = _SS_PID.search(match.group(3)) if match else None
+            current = (match.group(1), match.group(2), int(pid.group(1))) if match and pid else None
+            continue
+        segs = _SS_SEGS.search(line)
+        if current is not None:
+            found[current[0], current[1]] = (current[2], int(segs.group(1)) if segs else 0)
+            current = None
+    return found
+
+
+def socket_counters() -> SocketCounters | None:
+    """Every TCP socket's owner and data segments sent (the kernel's TCP_INFO, through
+    iproute2's `ss`); None where ss is missing or fails."""
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    try:
+        done = subprocess.run(
+            [ss, "-tinpH"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_ss(done.stdout) if done.returncode == 0 else None
+
+
+def segments_sent(
+    before: SocketCounters, after: SocketCounters, pids: Mapping[str, int], ports: Mapping[str, int]
+) -> dict[str, dict[str, int]]:
+    """Data segments each process of `pids` sent between the two readings to each named
+    port (`{"kafka": 9092, "redis": 6379}`). Each Kafka request or Redis pipeline flush is
+    at least one segment (more when it is written in parts or exceeds the MSS), so this is
+    an upper bound of the round trips. A socket opened in between counts from zero; one
+    closed in between is not counted."""
+    names = {pid: name for name, pid in pids.items()}
+    by_port = {port: target for target, port in ports.items()}
+    out: dict[str, dict[str, int]] = {name: dict.fromkeys(ports, 0) for name in pids}
+    for (local, peer), (pid, sent) in after.items():
+        name = names.get(pid)
+        port = _port(peer)
+        target = by_port.get(port) if port is not None else None
+        if name is None or target is None:
+            continue
+        earlier = before.get((local, peer))
+        out[name][target] += sent - (earlier[1] if earlier is not None else 0)
+    return out
+
+
+def _port(address: str) -> int | None:
+    try:
+        return int(address.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs from Debian's packages and is not on a fresh machine:
 # redis-server (the stack and the tests), chromium and a CJK font (the browser tests), wrk
-# (the load generator of `make bench`), promtool (from the `prometheus` package: the tests
+# (the load generator of `make bench`), ss (iproute2: `make bench` counts each service's
+# requests to Kafka and Redis with it), promtool (from the `prometheus` package: the tests
 # check deploy/observability/ with it), and checks that Java 17+ and Maven (Kafka) are there.
 # Idempotent: installs only what is missing.
 set -euo pipefail
@@ -9,6 +10,7 @@ set -euo pipefail
 want=()
 command -v redis-server >/dev/null || want+=(redis-server)
 command -v wrk >/dev/null || want+=(wrk)
+command -v ss >/dev/null || want+=(iproute2)
 [[ "${LC_SKIP_CHROMIUM:-0}" == 1 ]] || [[ -x /usr/bin/chromium ]] || want+=(chromium)
 # A CJK font, so the pages' Chinese titles (阳澄湖大闸蟹) render in the browser tests' screenshots.
 [[ "${LC_SKIP_CHROMIUM:-0}" == 1 ]] || [[ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ]] || want+=(fonts-wqy-microhei)

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 
 from bench import load_report, procstat
-from bench.http_load import ScenarioResult
+from bench.http_load import ScenarioResult, counted_ports
 from bench.wrk_runner import WrkPlan, WrkResult, run_wrk, write_tokens
 
 needs_wrk = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
@@ -210,3 +210,44 @@ def test_a_later_idle_rate_is_subtracted_from_the_raw_cpu_and_never_below_zero()
     assert result.with_idle({"live_orders": 0.5}).cpu_s == {"live_orders": 0.0}
     assert result.with_idle({}).cpu_s == {"live_orders": 2.0}
     assert result.cpu_raw_s == {"live_orders": 2.0}
+
+
+def test_segments_per_answer_are_medians_of_each_runs_count_over_its_answers() -> None:
+    # fake(): 5,000 answers in each run (500/s for 10 s).
+    runs = [
+        [fake("sold_out_64", 500, 1.0, segments_sent={"live_orders": {"redis": 500, "kafka": 5}})],
+        [fake("sold_out_64", 500, 1.0, segments_sent={"live_orders": {"redis": 1000, "kafka": 0}})],
+        [fake("sold_out_64", 500, 1.0, segments_sent={"live_orders": {"redis": 750, "kafka": 10}})],
+    ]
+    entry = load_report.record(
+        args={"duration": 10, "threads": 2, "settle_margin": 0.1, "settle_timeout": 120.0}
+        | {"idle_seconds": 3.0, "env_file": Path(".run/stack.env")},
+        runs=runs,
+        idle={},
+        rss_idle={"live_orders": 50_000},
+        rss_after={"live_orders": 60_000},
+    )
+    per = entry["medians"]["sold_out_64"]["segments_per_answer"]
+    assert per == {"live_orders": {"redis": pytest.approx(0.15), "kafka": pytest.approx(0.001)}}
+    text = load_report.render(entry)
+    assert "live_orders > redis" in text
+    assert "0.15" in text
+
+
+def test_the_counted_ports_are_the_local_brokers_and_redis() -> None:
+    assert counted_ports(
+        {"LC_KAFKA_BOOTSTRAP": "127.0.0.1:9092", "LC_REDIS_URL": "redis://127.0.0.1:6379/0"}
+    ) == {"kafka": 9092, "redis": 6379}
+    assert counted_ports(
+        {"LC_KAFKA_BOOTSTRAP": "localhost:19092", "LC_REDIS_URL": "rediss://u:p@localhost:6380"}
+    ) == {"kafka": 19092, "redis": 6380}
+    # A cluster (several brokers, Redis Cluster nodes): nothing is counted.
+    assert (
+        counted_ports(
+            {
+                "LC_KAFKA_BOOTSTRAP": "127.0.0.1:9092,127.0.0.1:9093",
+                "LC_REDIS_URL": "redis://x:7000",
+            }
+        )
+        == {}
+    )
