@@ -42,10 +42,9 @@ RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 # so a burst arrives in batches of a few ms instead of one request per handful of events
 # (each fetch, produce and Lua call is a fixed cost); below LATENCY_MODE_RATE fetches
 # return at once again, so a lone order waits for nobody. The wait is every order's price
-# on that hop while the rate is between the two: 2 ms, not 5, took 2-3 ms off the p50 at 8
-# buyers' connections with no clear cost in CPU at 64 (bench/RESULTS.md). Worth it only
-# for a consumer whose input comes as many small produce requests (inventory's): one whose
-# input comes batched already gains no fewer fetches from the hold (live_orders').
+# on that hop while the rate is between the two (live_orders' consumer at 8 buyers'
+# connections): 2 ms, not 5, took 2-3 ms off the p50 there with no clear cost in CPU at
+# 64 connections (bench/RESULTS.md).
 BATCH_MODE_RATE = 1_000
 LATENCY_MODE_RATE = 400
 BATCH_MIN_BYTES = 16 * 1024

@@ -128,13 +128,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         topics=[topics.inventory],
         handler=handlers,
         handles=handlers.handles,
-        # Not adaptive: the outcomes come in batches already (one inventory produce request
-        # per decided batch), so a fetch answered as soon as one lands costs no more
-        # fetches than one the broker holds, and holds no decision. At 8 connections, 6
-        # interleaved pairs: p50 1.3-2.1 ms lower in all 6, fewer fetches in 5 of 6
-        # (bench/RESULTS.md); inventory's input, many small produce requests, is another
-        # matter.
-        adaptive_fetch=False,
+        adaptive_fetch=True,
     )
     await consumer.start()
     app[OUTCOME_CONSUMER] = consumer
