@@ -37,19 +37,28 @@ log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
-# Adaptive fetches (`adaptive_fetch=True`): above BATCH_MODE_RATE events a second the
-# broker is asked to hold each fetch until BATCH_MIN_BYTES came or BATCH_MAX_WAIT_MS passed,
-# so a burst arrives in batches of a few ms instead of one request per handful of events
-# (each fetch, produce and Lua call is a fixed cost); below LATENCY_MODE_RATE fetches
-# return at once again, so a lone order waits for nobody. The wait is every order's price
-# on that hop while the rate is between the two (live_orders' consumer at 8 buyers'
-# connections): 2 ms, not 5, took 2-3 ms off the p50 there with no clear cost in CPU at
-# 64 connections (bench/RESULTS.md).
+# Adaptive fetches (`adaptive_fetch=True`): while the runner's fetch policy says so
+# (re-asked every RATE_WINDOW_S) the broker is asked to hold each fetch until
+# BATCH_MIN_BYTES came or BATCH_MAX_WAIT_MS passed, so a burst arrives in batches of a few
+# ms instead of one request per handful of events (each fetch, produce and Lua call is a
+# fixed cost); otherwise fetches return at once, so a lone order waits for nobody. The
+# default policy (`hold_by_rate`) holds above BATCH_MODE_RATE events a second and lets go
+# below LATENCY_MODE_RATE. The wait is every event's price on that hop: 2 ms, not 5, took
+# 2-3 ms off the p50 at 8 connections with no clear cost in CPU at 64 (bench/RESULTS.md).
 BATCH_MODE_RATE = 1_000
 LATENCY_MODE_RATE = 400
 BATCH_MIN_BYTES = 16 * 1024
 BATCH_MAX_WAIT_MS = 2
 RATE_WINDOW_S = 0.5
+
+# Whether to hold fetches for the next window, given the events a second of the last one
+# and whether they are held now.
+FetchPolicy = Callable[[float, bool], bool]
+
+
+def hold_by_rate(rate: float, holding: bool) -> bool:
+    """Hold above BATCH_MODE_RATE; between the two thresholds stay as is (no flapping)."""
+    return rate >= BATCH_MODE_RATE or (holding and rate > LATENCY_MODE_RATE)
 
 
 # Receives the decoded events of one partition, in offset order.
@@ -93,6 +102,7 @@ class ConsumerRunner:
         commit_interval_s: float = 0.2,
         handles: Collection[type[Message]] | None = None,
         adaptive_fetch: bool = False,
+        fetch_policy: FetchPolicy = hold_by_rate,
     ) -> None:
         self.group = group
         self._settings = settings
@@ -108,6 +118,7 @@ class ConsumerRunner:
         # reads the orders topic, where live_orders also puts its attempts.tallied.
         self._handles = frozenset(handles) if handles is not None else None
         self._adaptive_fetch = adaptive_fetch
+        self._fetch_policy = fetch_policy
         self._batch_mode = False
         self._window_started = 0.0
         self._window_events = 0
@@ -292,7 +303,7 @@ class ConsumerRunner:
             return
         rate = self._window_events / elapsed
         self._window_started, self._window_events = now, 0
-        batch = rate >= BATCH_MODE_RATE or (self._batch_mode and rate > LATENCY_MODE_RATE)
+        batch = self._fetch_policy(rate, self._batch_mode)
         if batch == self._batch_mode:
             return
         self._batch_mode = batch

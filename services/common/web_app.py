@@ -29,7 +29,7 @@ from services.common import task_dump
 from services.common.auth import Principal, Role, TokenVerifier, authenticate, require_role
 from services.common.identifiers import ID_RULE, is_valid_id
 from services.common.json_logging import configure_logging
-from services.common.kafka_consumer import BatchHandler, ConsumerRunner
+from services.common.kafka_consumer import BatchHandler, ConsumerRunner, FetchPolicy, hold_by_rate
 from services.common.kafka_producer import EventPublisher, create_producer
 from services.common.kafka_topics import Topics, ensure_topics
 from services.common.messages import Message
@@ -406,6 +406,7 @@ def consumer_for(
     fetch_min_bytes: int = 1,
     handles: Collection[type[Message]] | None = None,
     adaptive_fetch: bool = False,
+    fetch_policy: FetchPolicy = hold_by_rate,
 ) -> ConsumerRunner:
     """The service's consumer group `<topic prefix><name>`, wired to the app's publisher,
     metrics and DLQ, its health part of `/readyz` ("consumer"). The caller starts it in
@@ -422,6 +423,7 @@ def consumer_for(
         fetch_min_bytes=fetch_min_bytes,
         handles=handles,
         adaptive_fetch=adaptive_fetch,
+        fetch_policy=fetch_policy,
     )
 
     async def healthy() -> bool:

@@ -129,6 +129,7 @@ async def live_orders_context(app: web.Application) -> AsyncIterator[None]:
         handler=handlers,
         handles=handlers.handles,
         adaptive_fetch=True,
+        fetch_policy=waiters.hold_fetches,
     )
     await consumer.start()
     app[OUTCOME_CONSUMER] = consumer

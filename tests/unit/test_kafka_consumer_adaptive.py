@@ -87,3 +87,27 @@ def test_fetches_wait_to_fill_during_a_burst_and_return_at_once_after(clock: Clo
     assert (
         metrics.registry.get_sample_value("lc_consumer_batch_mode", {"group": "lc.inventory"}) == 0
     )
+
+
+def test_a_runner_switches_by_the_policy_it_is_given(clock: Clock) -> None:
+    asked: list[tuple[float, bool]] = []
+    wanted = {"hold": False}
+
+    def policy(rate: float, holding: bool) -> bool:
+        asked.append((rate, holding))
+        return wanted["hold"]
+
+    runner, consumer, _ = adaptive_runner()
+    runner._fetch_policy = policy
+    runner._window_started = clock.now
+    feed(runner, consumer, clock, rate=20_000, seconds=1)
+    # Asked once per window, with the window's rate: a high rate alone does not hold.
+    assert asked and all(ask == (pytest.approx(20_000, rel=0.05), False) for ask in asked)
+    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 50)
+    wanted["hold"] = True
+    asked.clear()
+    feed(runner, consumer, clock, rate=0, seconds=0.6)
+    assert asked[0][1] is False
+    assert consumer._fetcher._fetch_min_bytes == BATCH_MIN_BYTES
+    feed(runner, consumer, clock, rate=0, seconds=0.6)
+    assert asked[-1] == (0, True)

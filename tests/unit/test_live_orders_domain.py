@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -320,3 +321,26 @@ def test_an_update_moves_the_state_and_its_three_fields_and_keeps_the_rest() -> 
         payment_ref="p1",
         published=True,
     ), "only expires_at, reason and payment_ref come from an update's fields"
+
+
+def test_the_consumer_holds_fetches_while_many_requests_wait_and_not_for_a_few() -> None:
+    waiters, _ = waiters_for(FakeOrders())
+    hold = waiters.hold_fetches
+    with ExitStack() as stack:
+        # A few buyers (8 connections): their outcomes come at once, whatever the rate.
+        for i in range(8):
+            stack.enter_context(waiters.watch(f"o{i}"))
+        assert not hold(3_000, False)
+        for i in range(8, order_waiters.CROWD_HOLD):
+            stack.enter_context(waiters.watch(f"o{i}"))
+        assert len(waiters) == order_waiters.CROWD_HOLD
+        assert hold(0, False)
+    assert len(waiters) == 0
+    with ExitStack() as stack:
+        for _ in range(order_waiters.CROWD_RELEASE):
+            stack.enter_context(waiters.watch("same-order"))
+        # Between the two thresholds it stays as it is.
+        assert hold(0, True) and not hold(0, False)
+    assert not hold(0, True)
+    # Nobody waits, but outcomes flood in (expiries): held by the rate.
+    assert hold(order_waiters.FLOOD_RATE, False)
