@@ -14,6 +14,7 @@ Cluster's 16,384 slots.
 
 from __future__ import annotations
 
+import functools
 import os
 import zlib
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 TAG_LENGTH = 4
 
 
+# Cached: a placement needs it three times (bucket, idempotency key, order id), and a
+# sale's buyers come back again and again; 65,536 entries are a few MiB at most.
+@functools.lru_cache(maxsize=65_536)
 def buyer_tag(buyer_id: str) -> str:
     return f"{zlib.crc32(buyer_id.encode()) & 0xFFFF:04x}"
 
@@ -61,7 +65,7 @@ class RedisKeys:
         return f"{self.prefix}lo:{{s:{session_id}}}:listings"
 
     def bucket(self, buyer_id: str) -> str:
-        return f"{self.prefix}lo:{{u:{buyer_tag(buyer_id)}}}:bucket:{buyer_id}"
+        return f"{self.prefix}lo:{{u:{buyer_tag(buyer_id)}}}:tokens:{buyer_id}"
 
     def idempotency(self, buyer_id: str, key: str) -> str:
         return f"{self.prefix}lo:{{u:{buyer_tag(buyer_id)}}}:idem:{buyer_id}:{key}"

@@ -16,14 +16,16 @@ if not status then
   return {'missing', '', 0}
 end
 local placed_ms = tonumber(current[2]) or 0
-redis.call('HSET', KEYS[1], 'published', '1')
 if status == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'published', '1')
   return {'same', status, placed_ms}
 end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. status .. ',', 1, true) then
+  redis.call('HSET', KEYS[1], 'published', '1')
   return {'stale', status, placed_ms}
 end
-local fields = {'status', ARGV[1], 'updated_at', ARGV[3]}
+-- One HSET for the flag and the transition: each redis.call costs on its own.
+local fields = {'published', '1', 'status', ARGV[1], 'updated_at', ARGV[3]}
 for i = 5, #ARGV do
   fields[#fields + 1] = ARGV[i]
 end

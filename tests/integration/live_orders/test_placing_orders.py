@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from services.common.clock import to_rfc3339, utc_now
+from services.live_orders.redis_keys import RedisKeys, buyer_tag
 from tests.conftest import auth
 from tests.events import data_of
 from tests.integration.live_orders_stack import (
@@ -359,13 +360,18 @@ async def test_refused_order_requests_publish_nothing_and_claim_nothing(
     assert await stack.decider.orders_topic_size() == before
 
     # Nothing stored for this buyer (no bucket, no key)...
-    pattern = f"{stack.settings.redis_prefix}lo:{{b:{buyer}}}*"
+    prefix = stack.settings.redis_prefix
+    pattern = f"{prefix}lo:{{u:{buyer_tag(buyer)}}}:*:{buyer}*"
     assert [k async for k in redis.scan_iter(match=pattern)] == []
     # ...so the same Idempotency-Key still makes a fresh order, the only one published.
     status, placed, _ = await post_order(
         stack, sid, buyer, key=key, json={"sku": sku, "quantity": 1}
     )
     assert status == 201, placed
+    keys = RedisKeys(prefix)
+    assert sorted([k async for k in redis.scan_iter(match=pattern)]) == sorted(
+        [keys.idempotency(buyer, key).encode(), keys.bucket(buyer).encode()]
+    )
     assert await stack.decider.orders_topic_size() == before + 1
     assert [(e.type, data_of(e)["order_id"]) for e in stack.decider.events_of_buyer(buyer)] == [
         ("order.placed", placed["order_id"])
