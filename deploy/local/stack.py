@@ -364,6 +364,20 @@ async def _kafka_answers(bootstrap: str) -> bool:
 
 # ---------------------------------------------------------------------------- redis
 
+# When Redis rewrites its append-only file (a forked child serializes the whole dataset):
+# once the AOF has grown by twice its size after the last rewrite, and not before it is
+# 512 MB. Redis' defaults (100%, 64 MB) rewrite every 64 MB while the dataset is small: a
+# sale appends ~1 KB per attempt, so a fresh Redis re-serialized everything every ~60,000
+# attempts, a fifth to a half of Redis' CPU per order (bench/RESULTS.md, seventh session).
+# The price: the AOF on disk reaches ~3x the dataset (or 512 MB), and a restart replays at
+# most that much (docs/deploy.md). compose.yaml passes the same flags (a test holds them equal).
+REDIS_AOF_REWRITE_ARGS = (
+    "--auto-aof-rewrite-percentage",
+    "200",
+    "--auto-aof-rewrite-min-size",
+    "512mb",
+)
+
 
 def start_redis(
     *, port: int, state_dir: Path, log: Path, extra_args: Sequence[str] = ()
@@ -387,6 +401,7 @@ def start_redis(
             "yes",
             "--appendfsync",
             "everysec",
+            *REDIS_AOF_REWRITE_ARGS,
             "--maxmemory-policy",
             "noeviction",
             "--save",
