@@ -24,6 +24,7 @@ and per-run ratios to L0. A table goes to stdout, a JSON line to bench/results/h
     python -m bench.http_load --env-file .run/stack.env [--duration 10 --runs 3]
     python -m bench.http_load --duration 3 --burst-attempts 20000 --burst-buyers 5000
     python -m bench.http_load --profile live_orders          # py-spy flame graph
+    python -m bench.http_load --profile redis                # perf, with its forked children
     python -m bench.http_load --scenarios sold_out --profile live_orders \
         --profile-scenario sold_out_64 --profile-pin              # ... of on-CPU time
 
@@ -92,7 +93,9 @@ from deploy.local.stack import (
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("l0", "decided", "sold_out", "burst")
-PROFILEABLE = (*SERVICES, "empty_handler")  # Python processes py-spy can sample
+# Python processes py-spy samples, and redis-server, which perf samples with the children
+# it forks (AOF rewrites: they were a fifth to a half of its CPU, bench/RESULTS.md).
+PROFILEABLE = (*SERVICES, "empty_handler", "redis")
 
 # Checks of the launch burst that are correctness, not speed: a failure fails `make bench`.
 # (all_attempts_sent/answered are reported only: socket errors are the machine's doing.)
@@ -161,6 +164,8 @@ async def measure(
 class Profiler:
     proc: subprocess.Popen[bytes]
     output: Path
+    # perf's samples, made into `output` (a text report) once it has stopped.
+    perf_data: Path | None = None
 
 
 def profile_target(bench: Bench, scenario: str) -> int | None:
@@ -176,6 +181,8 @@ def start_profiler(bench: Bench, scenario: str, plan: WrkPlan, pid: int | None) 
         return None
     args = bench.args
     bench.profiled = True
+    if args.profile == "redis":
+        return start_perf(args, scenario, plan, pid)
     py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if py_spy is None:
         raise BenchError("py-spy not found: `make install` installs requirements-dev.txt")
@@ -193,9 +200,83 @@ def start_profiler(bench: Bench, scenario: str, plan: WrkPlan, pid: int | None) 
     return Profiler(proc, output)
 
 
+def start_perf(args: argparse.Namespace, scenario: str, plan: WrkPlan, pid: int) -> Profiler:
+    """`perf record` of `pid` and of what it forks meanwhile, call graphs at 999 Hz."""
+    perf = shutil.which("perf")
+    if perf is None:
+        raise BenchError("perf not found: `make system-deps` installs it (Debian: linux-perf)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    data = RESULTS / f"redis-{scenario}-{stamp}.perf.data"
+    duration = args.profile_duration or plan.duration_s
+    proc = subprocess.Popen(
+        perf_record_command(perf, pid, data, duration),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return Profiler(proc, data.with_suffix("").with_suffix(".txt"), perf_data=data)
+
+
+def perf_record_command(perf: str, pid: int, data: Path, duration_s: float) -> list[str]:
+    # perf follows the threads and children a process makes while it is recorded: a
+    # rewrite's forked child is in the samples, under its own pid.
+    return [
+        perf,
+        "record",
+        "-F",
+        "999",
+        "-g",
+        "-p",
+        str(pid),
+        "-o",
+        str(data),
+        "--",
+        "sleep",
+        f"{duration_s:g}",
+    ]
+
+
+def perf_report(perf_data: Path, output: Path) -> bool:
+    """The recording as text: the share of each process (the server against its forked
+    children), then the hottest functions."""
+    perf = shutil.which("perf") or "perf"
+    parts = []
+    for sort in ("pid,comm", "symbol"):
+        done = subprocess.run(
+            [
+                perf,
+                "report",
+                "-i",
+                str(perf_data),
+                "--no-children",
+                "--sort",
+                sort,
+                "--stdio",
+                "-g",
+                "none",
+                "--percent-limit",
+                "0.5",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            return False
+        parts.append(done.stdout)
+    output.write_text("\n".join(parts))
+    return True
+
+
 def finish_profiler(profiler: Profiler | None) -> str | None:
     if profiler is None:
         return None
+    if profiler.perf_data is not None:
+        profiler.proc.wait()
+        if profiler.proc.returncode != 0 or not perf_report(profiler.perf_data, profiler.output):
+            print(f"perf exited with {profiler.proc.returncode}: no profile", flush=True)
+            return None
+        return str(profiler.output.relative_to(ROOT))
     # A timed scenario's py-spy ends with wrk (same duration); the burst's runs until
     # wrk's deadline unless told: Ctrl-C makes py-spy write what it sampled and exit.
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -515,7 +596,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="event loop of the empty handler (default: the stack's LC_EVENT_LOOP, else uvloop)",
     )
     add_cpu_arguments(parser)
-    parser.add_argument("--profile", choices=PROFILEABLE, help="py-spy one process")
+    parser.add_argument(
+        "--profile", choices=PROFILEABLE, help="py-spy one process (redis: perf, with its forks)"
+    )
     parser.add_argument(
         "--profile-scenario",
         help="l0, decided_<conns>, sold_out_<conns> or burst, first run only "

@@ -408,7 +408,8 @@ def render(entry: Mapping[str, Any]) -> str:
     if profiled:
         out.append("")
         out.append(
-            f"flame graph (its scenario's figures include py-spy's cost): {profiled[0]['profiled']}"
+            "profile (py-spy's flame graph, or perf's report for redis; its scenario's figures "
+            f"include the profiler's cost): {profiled[0]['profiled']}"
         )
         if profiled[0].get("pinned"):
             out.append(f"  pinned while sampled: {profiled[0]['pinned']}")

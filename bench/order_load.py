@@ -54,7 +54,7 @@ class ScenarioResult:
     window_s: float  # from the reading before the load to the one after it settled
     settled: bool
     settle_s: float  # how long the after-reading waited for the CPU to fall back to idle
-    profiled: str | None = None  # the flame graph written during this scenario
+    profiled: str | None = None  # the profile written during this scenario
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

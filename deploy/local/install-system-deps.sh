@@ -3,7 +3,8 @@
 # redis-server (the stack and the tests), chromium and a CJK font (the browser tests), wrk
 # (the load generator of `make bench`), ss (iproute2: `make bench` counts each service's
 # requests to Kafka and Redis with it), promtool (from the `prometheus` package: the tests
-# check deploy/observability/ with it), and checks that Java 17+ and Maven (Kafka) are there.
+# check deploy/observability/ with it), perf where Debian has it (`make bench
+# BENCH_ARGS="--profile redis"`; optional), and checks that Java 17+ and Maven (Kafka) are there.
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
@@ -38,6 +39,18 @@ if ((${#want[@]})); then
   if [[ " ${want[*]} " == *" prometheus "* && -d /run/systemd/system ]]; then
     # Debian starts and enables the server (on :9090); this machine only needs promtool.
     systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  fi
+fi
+
+# Optional, and only noted when it cannot be had: perf samples redis-server for `make bench
+# BENCH_ARGS="--profile redis"`; nothing else needs it.
+if [[ "${LC_SKIP_PERF:-0}" != 1 ]] && ! command -v perf >/dev/null; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null \
+    && { apt-get install -y -q --no-install-recommends linux-perf >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends linux-perf >/dev/null 2>&1; }; }; then
+    echo "installed from Debian: linux-perf"
+  else
+    echo "note: perf not found (Debian: apt-get install linux-perf); make bench --profile redis needs it" >&2
   fi
 fi
 

@@ -7,18 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from bench import load_report, procstat
+from bench import http_load, load_report, procstat
 from bench.http_load import ScenarioResult, counted_ports
 from bench.wrk_runner import WrkPlan, WrkResult, run_wrk, write_tokens
 
@@ -251,3 +253,46 @@ def test_the_counted_ports_are_the_local_brokers_and_redis() -> None:
         )
         == {}
     )
+
+
+needs_perf = pytest.mark.skipif(shutil.which("perf") is None, reason="perf is not installed")
+
+
+@needs_perf
+def test_perf_records_a_process_and_the_children_it_forks(tmp_path: Path) -> None:
+    """`--profile redis`: a parent that forks a busy child while it is recorded shows up
+    in the report as two pids, the way an AOF rewrite shows up beside redis-server."""
+    busy = (
+        "import os, time\n"
+        "time.sleep(0.3)\n"
+        "if os.fork() == 0:\n"
+        "    end = time.monotonic() + 1.0\n"
+        "    while time.monotonic() < end: pass\n"
+        "    os._exit(0)\n"
+        "end = time.monotonic() + 1.5\n"
+        "while time.monotonic() < end: pass\n"
+        "os.wait()\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", busy])
+    data = tmp_path / "redis-x.perf.data"
+    try:
+        command = http_load.perf_record_command(
+            shutil.which("perf") or "perf", parent.pid, data, 1.2
+        )
+        assert "--no-inherit" not in command and command[command.index("-p") + 1] == str(parent.pid)
+        recorded = subprocess.run(command, capture_output=True, check=False)
+        assert recorded.returncode == 0, recorded.stderr.decode()[-500:]
+    finally:
+        parent.wait(timeout=10)
+    report = tmp_path / "redis-x.txt"
+    assert http_load.perf_report(data, report)
+    pids = {int(pid) for pid in re.findall(r"%\s+(\d+):python", report.read_text())}
+    assert parent.pid in pids and len(pids) == 2, report.read_text()[:2000]
+
+
+def test_profiling_redis_without_perf_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_load.shutil, "which", lambda name, **_: None)
+    args = SimpleNamespace(profile="redis", profile_duration=None)
+    plan = SimpleNamespace(duration_s=1)
+    with pytest.raises(http_load.BenchError, match="linux-perf"):
+        http_load.start_perf(args, "sold_out_64", plan, 1)  # type: ignore[arg-type]
