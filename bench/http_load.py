@@ -186,10 +186,7 @@ def start_profiler(bench: Bench, scenario: str, plan: WrkPlan, pid: int | None) 
     py_spy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     if py_spy is None:
         raise BenchError("py-spy not found: `make install` installs requirements-dev.txt")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    output = RESULTS / f"{args.profile}-{scenario}-{stamp}.svg"
-    duration = args.profile_duration or plan.duration_s
+    output, duration = profile_output(args, scenario, plan, ".svg")
     log = (bench.workdir / f"py-spy-{scenario}.txt").open("wb")
     with log:
         proc = subprocess.Popen(
@@ -200,15 +197,25 @@ def start_profiler(bench: Bench, scenario: str, plan: WrkPlan, pid: int | None) 
     return Profiler(proc, output)
 
 
+def profile_output(
+    args: argparse.Namespace, scenario: str, plan: WrkPlan, suffix: str
+) -> tuple[Path, float]:
+    """Where a profile of `scenario` goes (bench/results/<process>-<scenario>-<time><suffix>)
+    and for how long it samples."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    return (
+        RESULTS / f"{args.profile}-{scenario}-{stamp}{suffix}",
+        args.profile_duration or plan.duration_s,
+    )
+
+
 def start_perf(args: argparse.Namespace, scenario: str, plan: WrkPlan, pid: int) -> Profiler:
     """`perf record` of `pid` and of what it forks meanwhile, call graphs at 999 Hz."""
     perf = shutil.which("perf")
     if perf is None:
         raise BenchError("perf not found: `make system-deps` installs it (Debian: linux-perf)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    data = RESULTS / f"redis-{scenario}-{stamp}.perf.data"
-    duration = args.profile_duration or plan.duration_s
+    data, duration = profile_output(args, scenario, plan, ".perf.data")
     proc = subprocess.Popen(
         perf_record_command(perf, pid, data, duration),
         stdout=subprocess.DEVNULL,
