@@ -50,6 +50,11 @@ LATENCY_MODE_RATE = 400
 BATCH_MIN_BYTES = 16 * 1024
 BATCH_MAX_WAIT_MS = 2
 RATE_WINDOW_S = 0.5
+# A consumer nobody waits on (the notifier's projection, inventory's pick completions)
+# asks for more than a fetch wait's worth of events at any sale's rate: the broker answers
+# after LC_KAFKA_FETCH_MAX_WAIT_MS with whatever came, so a burst is a few large batches
+# and an idle topic ~20 fetches a second.
+GATHER_FETCH_MIN_BYTES = 1024 * 1024
 
 # Whether to hold fetches for the next window, given the events a second of the last one
 # and whether they are held now.

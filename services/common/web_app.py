@@ -407,10 +407,13 @@ def consumer_for(
     handles: Collection[type[Message]] | None = None,
     adaptive_fetch: bool = False,
     fetch_policy: FetchPolicy = hold_by_rate,
+    check: str = "consumer",
 ) -> ConsumerRunner:
-    """The service's consumer group `<topic prefix><name>`, wired to the app's publisher,
-    metrics and DLQ, its health part of `/readyz` ("consumer"). The caller starts it in
-    its cleanup context and stops it before the platform context closes."""
+    """A member of the service's consumer group `<topic prefix><name>`, wired to the app's
+    publisher, metrics and DLQ, its health part of `/readyz` (as `check`). The caller
+    starts it in its cleanup context and stops it before the platform context closes.
+    Members of one group in one process (each with its own topics) each fetch only
+    their own partitions."""
     settings = app[SETTINGS]
     runner = ConsumerRunner(
         settings=settings,
@@ -429,7 +432,7 @@ def consumer_for(
     async def healthy() -> bool:
         return runner.healthy
 
-    app[READINESS].add("consumer", healthy)
+    app[READINESS].add(check, healthy)
     return runner
 
 

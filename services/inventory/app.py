@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.common.background import stop_tasks
+from services.common.kafka_consumer import GATHER_FETCH_MIN_BYTES
 from services.common.metrics import PlatformMetrics
 from services.common.redis_batch import TickPipeline
 from services.common.settings import Settings
@@ -42,7 +43,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def inventory_context(app: web.Application) -> AsyncIterator[None]:
-    """The stock and journal stores, the orders and picks consumer, the hold sweeper and
+    """The stock and journal stores, the orders and picks consumers, the hold sweeper and
     its outbox publisher."""
     settings = app[SETTINGS]
     topics = app[TOPICS]
@@ -64,15 +65,28 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
         source=settings.instance_id,
         trace_key=trace_key(settings.trace_key_secret),
     )
+    # Two members of the group: the orders on the buyer's path, fetching only their 12
+    # partitions (a fetch costs client and broker per partition it names, and this one
+    # runs every few ms under load), and the picks topic's pick.completed for the lot
+    # journals, fetched like the notifier's (nobody waits on them; inventory's own
+    # pick.requested there are passed over undecoded: not in `handles`). One group, so
+    # each keeps the offsets the group committed when one member read both.
     consumer = consumer_for(
         app,
         name="inventory",
-        # picks: pick.completed from the notifier, for the lot journals (inventory's own
-        # pick.requested there are passed over undecoded: not in `handles`).
-        topics=[topics.orders, topics.picks],
+        topics=[topics.orders],
         handler=handlers,
         handles=handlers.handles,
         adaptive_fetch=True,
+    )
+    picks_consumer = consumer_for(
+        app,
+        name="inventory",
+        topics=[topics.picks],
+        handler=handlers,
+        handles=handlers.handles,
+        fetch_min_bytes=GATHER_FETCH_MIN_BYTES,
+        check="picks_consumer",
     )
     sweeper = HoldSweeper(store=store, metrics=metrics, interval_s=settings.sweep_interval_s)
     outbox = OutboxPublisher(
@@ -85,6 +99,7 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
     )
 
     await consumer.start()
+    await picks_consumer.start()
     tasks = [
         asyncio.create_task(sweeper.run(), name="inventory:sweeper"),
         asyncio.create_task(outbox.run(), name="inventory:outbox"),
@@ -96,5 +111,6 @@ async def inventory_context(app: web.Application) -> AsyncIterator[None]:
         # The consumer first: its batch in flight finishes and commits while Redis and
         # the producer are still open. Then the loops, which hold no state of their own.
         await consumer.stop()
+        await picks_consumer.stop()
         await stop_tasks(*tasks)
         await pipeline.aclose()

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from services.common.background import stop_tasks
+from services.common.kafka_consumer import GATHER_FETCH_MIN_BYTES
 from services.common.settings import Settings
 from services.common.web_app import (
     METRICS,
@@ -40,10 +41,6 @@ from services.notifier.projection_store import ProjectionStore
 from services.notifier.redis_keys import NotifierKeys
 from services.notifier.retention import RetentionSweep
 from services.notifier.trace_store import TraceStore
-
-# More than a fetch wait's worth of events at any sale's rate: the broker answers the
-# notifier's fetches after LC_KAFKA_FETCH_MAX_WAIT_MS, with whatever came meanwhile.
-NOTIFIER_FETCH_MIN_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -120,7 +117,7 @@ async def notifier_context(app: web.Application) -> AsyncIterator[None]:
         # Nobody waits on the notifier's consumer but the host's next push (every 250 ms):
         # let the broker gather a fetch's worth of events for up to the fetch wait, so a
         # burst is applied in a few large batches (one Lua call each), not thousands.
-        fetch_min_bytes=NOTIFIER_FETCH_MIN_BYTES,
+        fetch_min_bytes=GATHER_FETCH_MIN_BYTES,
         handler=handlers,
         handles=handlers.handles,
     )

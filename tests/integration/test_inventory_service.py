@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 from deploy.local.stack import free_port
 from services.common.clock import now_rfc3339
@@ -505,3 +507,50 @@ async def test_a_payment_over_two_lots_is_journaled_in_both_and_a_pick_in_its_lo
     assert seqs == [("E1", 1), ("E1", 2), ("E2", 1), ("E2", 2), ("E2", 3), ("E2", 3)]
     async with http.get(f"{app.url}/v1/skus/peach/lots/E2/journal/verify", headers=ADMIN) as r:
         assert await r.json() == {"ok": True, "entries": 3, "first_bad_seq": None}
+
+
+async def test_orders_and_picks_are_read_by_two_members_of_one_group(
+    make_settings: Callable[..., Settings], run_app: Callable[..., Any], http: aiohttp.ClientSession
+) -> None:
+    """The orders member, on the buyer's path, fetches only the orders topic's partitions
+    (a fetch costs per partition it names); the picks member the picks topic's. Both are
+    in the group `<prefix>inventory`, so the offsets committed before the split still hold,
+    and both are part of /readyz."""
+    settings = make_settings("inventory")
+    topics = Topics.with_prefix(settings.topic_prefix)
+    app = await run_app(create_app, settings)
+    group = f"{settings.topic_prefix}inventory"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+
+        async def assigned() -> list[set[str]] | None:
+            (response,) = await admin.describe_consumer_groups([group])
+            (described,) = response.groups
+            state, members = described[2], described[5]
+            if state != "Stable" or len(members) != 2:
+                return None
+            # member_assignment is the last field of a member in every version
+            return [
+                {
+                    f"{topic}:{p}"
+                    for topic, partitions in ConsumerProtocolMemberAssignment.decode(
+                        member[-1]
+                    ).assignment
+                    for p in partitions
+                }
+                for member in members
+            ]
+
+        by_member = await eventually(assigned, what="both inventory members assigned")
+    finally:
+        await admin.close()
+    every = settings.topic_partitions
+    expected = [
+        {f"{topics.orders}:{p}" for p in range(every)},
+        {f"{topics.picks}:{p}" for p in range(every)},
+    ]
+    assert sorted(by_member, key=sorted) == sorted(expected, key=sorted)
+    async with http.get(f"{app.url}/readyz") as r:
+        checks = (await r.json())["checks"]
+    assert checks["consumer"] is True and checks["picks_consumer"] is True
