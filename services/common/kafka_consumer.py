@@ -37,18 +37,27 @@ log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
-# Adaptive fetches (`adaptive_fetch=True`): while the runner's fetch policy says so
+# Adaptive fetches (`adaptive_fetch=True`): while the runner's fetch policy names a hold
 # (re-asked every RATE_WINDOW_S) the broker is asked to hold each fetch until
-# BATCH_MIN_BYTES came or BATCH_MAX_WAIT_MS passed, so a burst arrives in batches of a few
-# ms instead of one request per handful of events (each fetch, produce and Lua call is a
-# fixed cost); otherwise fetches return at once, so a lone order waits for nobody. The
-# default policy (`hold_by_rate`) holds above BATCH_MODE_RATE events a second and lets go
-# below LATENCY_MODE_RATE. The wait is every event's price on that hop: 2 ms, not 5, took
-# 2-3 ms off the p50 at 8 connections with no clear cost in CPU at 64 (bench/RESULTS.md).
+# BATCH_MIN_BYTES came or the hold passed, so a burst arrives in batches of a few ms
+# instead of one request per handful of events (each fetch, produce and Lua call is a
+# fixed cost); with no hold fetches return at once, so a lone order waits for nobody.
+# aiokafka fetches again as soon as a fetch's records are taken, so a held consumer
+# fetches about once per hold whatever the load: at ~600 µs of client and broker CPU per
+# fetch, that is the hold's price per second, and the hold is every event's price on
+# that hop. So the hold grows with the load: SHORT_HOLD_MS (2 ms, not 5: 2-3 ms off the
+# p50 at 8 connections, bench/RESULTS.md) and LONG_HOLD_MS once the load is the
+# throughput's (4 ms: ~60 µs less CPU per decided order at 64 connections, where a
+# request queues ~20 ms for the cores anyway). The default policy (`hold_by_rate`):
+# short above BATCH_MODE_RATE events a second, long above LONG_HOLD_RATE, none below
+# LATENCY_MODE_RATE; each step back down only below a lower rate (no flapping).
 BATCH_MODE_RATE = 1_000
 LATENCY_MODE_RATE = 400
+LONG_HOLD_RATE = 2_000
+LONG_HOLD_RELEASE_RATE = 1_500
 BATCH_MIN_BYTES = 16 * 1024
-BATCH_MAX_WAIT_MS = 2
+SHORT_HOLD_MS = 2
+LONG_HOLD_MS = 4
 RATE_WINDOW_S = 0.5
 # A consumer nobody waits on (the notifier's projection, inventory's pick completions)
 # asks for more than a fetch wait's worth of events at any sale's rate: the broker answers
@@ -56,14 +65,19 @@ RATE_WINDOW_S = 0.5
 # and an idle topic ~20 fetches a second.
 GATHER_FETCH_MIN_BYTES = 1024 * 1024
 
-# Whether to hold fetches for the next window, given the events a second of the last one
-# and whether they are held now.
-FetchPolicy = Callable[[float, bool], bool]
+# How long the broker should hold the next window's fetches (ms; 0: answer at once),
+# given the events a second of the last window and the hold now.
+FetchPolicy = Callable[[float, int], int]
 
 
-def hold_by_rate(rate: float, holding: bool) -> bool:
-    """Hold above BATCH_MODE_RATE; between the two thresholds stay as is (no flapping)."""
-    return rate >= BATCH_MODE_RATE or (holding and rate > LATENCY_MODE_RATE)
+def hold_by_rate(rate: float, hold_ms: int) -> int:
+    """Long above LONG_HOLD_RATE, short above BATCH_MODE_RATE; a hold is kept down to
+    the lower thresholds (LONG_HOLD_RELEASE_RATE, LATENCY_MODE_RATE)."""
+    if rate >= LONG_HOLD_RATE or (hold_ms >= LONG_HOLD_MS and rate > LONG_HOLD_RELEASE_RATE):
+        return LONG_HOLD_MS
+    if rate >= BATCH_MODE_RATE or (hold_ms and rate > LATENCY_MODE_RATE):
+        return SHORT_HOLD_MS
+    return 0
 
 
 # Receives the decoded events of one partition, in offset order.
@@ -124,7 +138,7 @@ class ConsumerRunner:
         self._handles = frozenset(handles) if handles is not None else None
         self._adaptive_fetch = adaptive_fetch
         self._fetch_policy = fetch_policy
-        self._batch_mode = False
+        self._hold_ms = 0
         self._window_started = 0.0
         self._window_events = 0
         self._commit_interval_s = commit_interval_s
@@ -308,18 +322,17 @@ class ConsumerRunner:
             return
         rate = self._window_events / elapsed
         self._window_started, self._window_events = now, 0
-        batch = self._fetch_policy(rate, self._batch_mode)
-        if batch == self._batch_mode:
+        hold_ms = self._fetch_policy(rate, self._hold_ms)
+        if hold_ms == self._hold_ms:
             return
-        self._batch_mode = batch
+        self._hold_ms = hold_ms
         # aiokafka reads these two when it builds each fetch request (aiokafka is pinned;
         # tests/unit/test_kafka_consumer_adaptive.py fails if they move).
         fetcher = consumer._fetcher
-        fetcher._fetch_min_bytes = BATCH_MIN_BYTES if batch else self._fetch_min_bytes
-        fetcher._fetch_max_wait_ms = (
-            BATCH_MAX_WAIT_MS if batch else self._settings.kafka_fetch_max_wait_ms
-        )
-        self._metrics.consumer_batch_mode.labels(self.group).set(1 if batch else 0)
+        fetcher._fetch_min_bytes = BATCH_MIN_BYTES if hold_ms else self._fetch_min_bytes
+        fetcher._fetch_max_wait_ms = hold_ms or self._settings.kafka_fetch_max_wait_ms
+        self._metrics.consumer_batch_mode.labels(self.group).set(1 if hold_ms else 0)
+        self._metrics.consumer_fetch_hold.labels(self.group).set(hold_ms / 1000)
 
     def _commit_due(self) -> bool:
         return time.monotonic() - self._last_commit >= self._commit_interval_s

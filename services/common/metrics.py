@@ -43,6 +43,7 @@ class PlatformMetrics:
     consumer_lag: Gauge
     consumer_batch_size: Histogram
     consumer_batch_mode: Gauge
+    consumer_fetch_hold: Gauge
     handler_failures: Counter
     readiness: Gauge
 
@@ -98,6 +99,12 @@ class PlatformMetrics:
             consumer_batch_mode=Gauge(
                 "lc_consumer_batch_mode",
                 "1 while the group's fetches wait a few ms to fill (a burst), 0 otherwise",
+                ["group"],
+                registry=registry,
+            ),
+            consumer_fetch_hold=Gauge(
+                "lc_consumer_fetch_hold_seconds",
+                "How long the broker holds each of the group's fetches to fill (0: none)",
                 ["group"],
                 registry=registry,
             ),

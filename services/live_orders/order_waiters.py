@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 import orjson
 
+from services.common.kafka_consumer import LONG_HOLD_MS
 from services.live_orders.domain import Order, OrderStatus
 from services.live_orders.metrics import LiveOrdersMetrics
 
@@ -42,8 +43,9 @@ STATUS_RANK: dict[str, int] = {
 # not move with the machine's speed as the event rate does. Its events per order do move
 # (~1.9 at 8 connections, ~1.05 at 64: stock snapshots come per decided batch), so no event
 # rate told the two loads apart. With a few buyers the 2 ms hold was ~1.5 ms of every
-# answer's p50; with many their outcomes come in the same fetches, which saves CPU. A flood
-# of outcomes nobody waits for (expiries) is held by its rate, as any consumer's.
+# answer's p50; with many their outcomes come in the same fetches, which saves CPU, and the
+# hold is the long one (kafka_consumer.LONG_HOLD_MS). A flood of outcomes nobody waits for
+# (expiries) is held by its rate.
 CROWD_HOLD = 24
 CROWD_RELEASE = 12
 FLOOD_RATE = 5_000
@@ -160,11 +162,14 @@ class OrderWaiters:
     def __len__(self) -> int:
         return self._count
 
-    def hold_fetches(self, rate: float, holding: bool) -> bool:
-        """The fetch policy of live_orders' consumer (kafka_consumer.FetchPolicy): hold
-        while crowded (CROWD_HOLD), or flooded."""
+    def hold_fetches(self, rate: float, hold_ms: int) -> int:
+        """The fetch policy of live_orders' consumer (kafka_consumer.FetchPolicy): the long
+        hold while crowded (CROWD_HOLD), or flooded; none otherwise. A crowd is the load
+        at which throughput is the figure: each of them queues far longer for the cores
+        than the hold."""
         crowd = self._count
-        return crowd >= CROWD_HOLD or (holding and crowd >= CROWD_RELEASE) or rate >= FLOOD_RATE
+        held = crowd >= CROWD_HOLD or (hold_ms > 0 and crowd >= CROWD_RELEASE)
+        return LONG_HOLD_MS if held or rate >= FLOOD_RATE else 0
 
     def apply(self, updates: Sequence[OrderUpdate]) -> None:
         for update in updates:

@@ -13,8 +13,9 @@ from aiokafka.consumer.fetcher import Fetcher
 
 from services.common import kafka_consumer
 from services.common.kafka_consumer import (
-    BATCH_MAX_WAIT_MS,
     BATCH_MIN_BYTES,
+    LONG_HOLD_MS,
+    SHORT_HOLD_MS,
     ConsumerRunner,
 )
 from services.common.metrics import PlatformMetrics
@@ -68,46 +69,62 @@ def feed(runner: ConsumerRunner, consumer: Any, clock: Clock, rate: int, seconds
         runner._adapt_fetches(consumer, rate // 100)
 
 
-def test_fetches_wait_to_fill_during_a_burst_and_return_at_once_after(clock: Clock) -> None:
+def held(consumer: Any) -> tuple[int, int]:
+    return consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms
+
+
+def test_fetches_wait_to_fill_during_a_burst_longer_at_a_higher_rate_and_return_at_once_after(
+    clock: Clock,
+) -> None:
     runner, consumer, metrics = adaptive_runner()
+
+    def gauges() -> tuple[float | None, float | None]:
+        labels = {"group": "lc.inventory"}
+        return (
+            metrics.registry.get_sample_value("lc_consumer_batch_mode", labels),
+            metrics.registry.get_sample_value("lc_consumer_fetch_hold_seconds", labels),
+        )
+
     runner._window_started = clock.now
     feed(runner, consumer, clock, rate=300, seconds=2)
-    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 50)
-    feed(runner, consumer, clock, rate=3000, seconds=1)
-    assert consumer._fetcher._fetch_min_bytes == BATCH_MIN_BYTES
-    assert consumer._fetcher._fetch_max_wait_ms == BATCH_MAX_WAIT_MS
-    assert (
-        metrics.registry.get_sample_value("lc_consumer_batch_mode", {"group": "lc.inventory"}) == 1
-    )
-    # Between the two thresholds it stays as it is (no flapping around one rate).
+    assert held(consumer) == (1, 50)
+    feed(runner, consumer, clock, rate=1_200, seconds=1)
+    assert held(consumer) == (BATCH_MIN_BYTES, SHORT_HOLD_MS)
+    assert gauges() == (1, SHORT_HOLD_MS / 1000)
+    feed(runner, consumer, clock, rate=3_000, seconds=1)
+    assert held(consumer) == (BATCH_MIN_BYTES, LONG_HOLD_MS)
+    assert gauges() == (1, LONG_HOLD_MS / 1000)
+    # Between two thresholds it stays as it is (no flapping around one rate).
+    feed(runner, consumer, clock, rate=1_700, seconds=2)
+    assert held(consumer) == (BATCH_MIN_BYTES, LONG_HOLD_MS)
+    feed(runner, consumer, clock, rate=1_200, seconds=1)
+    assert held(consumer) == (BATCH_MIN_BYTES, SHORT_HOLD_MS)
     feed(runner, consumer, clock, rate=700, seconds=2)
-    assert consumer._fetcher._fetch_min_bytes == BATCH_MIN_BYTES
+    assert held(consumer) == (BATCH_MIN_BYTES, SHORT_HOLD_MS)
     feed(runner, consumer, clock, rate=100, seconds=1)
-    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 50)
-    assert (
-        metrics.registry.get_sample_value("lc_consumer_batch_mode", {"group": "lc.inventory"}) == 0
-    )
+    assert held(consumer) == (1, 50)
+    assert gauges() == (0, 0)
 
 
-def test_a_runner_switches_by_the_policy_it_is_given(clock: Clock) -> None:
-    asked: list[tuple[float, bool]] = []
-    wanted = {"hold": False}
+def test_a_runner_holds_as_long_as_the_policy_it_is_given_says(clock: Clock) -> None:
+    asked: list[tuple[float, int]] = []
+    wanted = {"hold_ms": 0}
 
-    def policy(rate: float, holding: bool) -> bool:
-        asked.append((rate, holding))
-        return wanted["hold"]
+    def policy(rate: float, hold_ms: int) -> int:
+        asked.append((rate, hold_ms))
+        return wanted["hold_ms"]
 
     runner, consumer, _ = adaptive_runner()
     runner._fetch_policy = policy
     runner._window_started = clock.now
     feed(runner, consumer, clock, rate=20_000, seconds=1)
     # Asked once per window, with the window's rate: a high rate alone does not hold.
-    assert asked and all(ask == (pytest.approx(20_000, rel=0.05), False) for ask in asked)
-    assert (consumer._fetcher._fetch_min_bytes, consumer._fetcher._fetch_max_wait_ms) == (1, 50)
-    wanted["hold"] = True
+    assert asked and all(ask == (pytest.approx(20_000, rel=0.05), 0) for ask in asked)
+    assert held(consumer) == (1, 50)
+    wanted["hold_ms"] = 7
     asked.clear()
     feed(runner, consumer, clock, rate=0, seconds=0.6)
-    assert asked[0][1] is False
-    assert consumer._fetcher._fetch_min_bytes == BATCH_MIN_BYTES
+    assert asked[0][1] == 0
+    assert held(consumer) == (BATCH_MIN_BYTES, 7)
     feed(runner, consumer, clock, rate=0, seconds=0.6)
-    assert asked[-1] == (0, True)
+    assert asked[-1] == (0, 7)

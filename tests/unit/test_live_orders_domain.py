@@ -13,6 +13,7 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
+from services.common import kafka_consumer
 from services.common.schemas import SCHEMAS_DIR, first_error
 from services.live_orders import order_waiters
 from services.live_orders.domain import (
@@ -326,21 +327,23 @@ def test_an_update_moves_the_state_and_its_three_fields_and_keeps_the_rest() -> 
 def test_the_consumer_holds_fetches_while_many_requests_wait_and_not_for_a_few() -> None:
     waiters, _ = waiters_for(FakeOrders())
     hold = waiters.hold_fetches
+    long = kafka_consumer.LONG_HOLD_MS
     with ExitStack() as stack:
         # A few buyers (8 connections): their outcomes come at once, whatever the rate.
         for i in range(8):
             stack.enter_context(waiters.watch(f"o{i}"))
-        assert not hold(3_000, False)
+        assert hold(3_000, 0) == 0
         for i in range(8, order_waiters.CROWD_HOLD):
             stack.enter_context(waiters.watch(f"o{i}"))
         assert len(waiters) == order_waiters.CROWD_HOLD
-        assert hold(0, False)
+        # A crowd: throughput is the figure, the long hold.
+        assert hold(0, 0) == long
     assert len(waiters) == 0
     with ExitStack() as stack:
         for _ in range(order_waiters.CROWD_RELEASE):
             stack.enter_context(waiters.watch("same-order"))
         # Between the two thresholds it stays as it is.
-        assert hold(0, True) and not hold(0, False)
-    assert not hold(0, True)
+        assert hold(0, long) == long and hold(0, 0) == 0
+    assert hold(0, long) == 0
     # Nobody waits, but outcomes flood in (expiries): held by the rate.
-    assert hold(order_waiters.FLOOD_RATE, False)
+    assert hold(order_waiters.FLOOD_RATE, 0) == long
