@@ -47,17 +47,18 @@ RETRY_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 # fetch, that is the hold's price per second, and the hold is every event's price on
 # that hop. So the hold grows with the load: SHORT_HOLD_MS (2 ms, not 5: 2-3 ms off the
 # p50 at 8 connections, bench/RESULTS.md) and LONG_HOLD_MS once the load is the
-# throughput's (4 ms: ~60 µs less CPU per decided order at 64 connections, where a
-# request queues ~20 ms for the cores anyway). The default policy (`hold_by_rate`):
-# short above BATCH_MODE_RATE events a second, long above LONG_HOLD_RATE, none below
-# LATENCY_MODE_RATE; each step back down only below a lower rate (no flapping).
+# throughput's (6 ms: 610 -> 527 µs of CPU per decided order at 64 connections with 4 ms,
+# ~40 less again with 6, where a request queues ~20 ms for the cores anyway). The
+# default policy (`hold_by_rate`): short above BATCH_MODE_RATE events a second, long
+# above LONG_HOLD_RATE, none below LATENCY_MODE_RATE; each step back down only below a
+# lower rate (no flapping).
 BATCH_MODE_RATE = 1_000
 LATENCY_MODE_RATE = 400
 LONG_HOLD_RATE = 2_000
 LONG_HOLD_RELEASE_RATE = 1_500
 BATCH_MIN_BYTES = 16 * 1024
 SHORT_HOLD_MS = 2
-LONG_HOLD_MS = 4
+LONG_HOLD_MS = 6
 RATE_WINDOW_S = 0.5
 # A consumer nobody waits on (the notifier's projection, inventory's pick completions)
 # asks for more than a fetch wait's worth of events at any sale's rate: the broker answers
