@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import orjson
 
-from services.common.kafka_consumer import LONG_HOLD_MS
+from services.common.kafka_consumer import LONG_HOLD_MS, SHORT_HOLD_MS
 from services.live_orders.domain import Order, OrderStatus
 from services.live_orders.metrics import LiveOrdersMetrics
 
@@ -43,11 +43,16 @@ STATUS_RANK: dict[str, int] = {
 # not move with the machine's speed as the event rate does. Its events per order do move
 # (~1.9 at 8 connections, ~1.05 at 64: stock snapshots come per decided batch), so no event
 # rate told the two loads apart. With a few buyers the 2 ms hold was ~1.5 ms of every
-# answer's p50; with many their outcomes come in the same fetches, which saves CPU, and the
-# hold is the long one (kafka_consumer.LONG_HOLD_MS). A flood of outcomes nobody waits for
-# (expiries) is held by its rate.
+# answer's p50; with many their outcomes come in the same fetches, which saves CPU. From
+# THRONG_HOLD waiting (back below THRONG_RELEASE) the hold is the long one
+# (kafka_consumer.LONG_HOLD_MS): at 64 connections 56-64 wait and each queues ~20 ms for
+# the cores, while at 24 the long hold cost ~1 ms of the p50 and 8% of the orders/s
+# (bench/RESULTS.md). A flood of outcomes nobody waits for (expiries) is held long by its
+# rate.
 CROWD_HOLD = 24
 CROWD_RELEASE = 12
+THRONG_HOLD = 40
+THRONG_RELEASE = 32
 FLOOD_RATE = 5_000
 
 # The order fields an outcome may set besides status and updated_at (domain.transition_fields;
@@ -163,13 +168,19 @@ class OrderWaiters:
         return self._count
 
     def hold_fetches(self, rate: float, hold_ms: int) -> int:
-        """The fetch policy of live_orders' consumer (kafka_consumer.FetchPolicy): the long
-        hold while crowded (CROWD_HOLD), or flooded; none otherwise. A crowd is the load
-        at which throughput is the figure: each of them queues far longer for the cores
-        than the hold."""
+        """The fetch policy of live_orders' consumer (kafka_consumer.FetchPolicy): the
+        short hold while crowded (CROWD_HOLD), the long one in a throng (THRONG_HOLD) or a
+        flood; none for a few."""
         crowd = self._count
-        held = crowd >= CROWD_HOLD or (hold_ms > 0 and crowd >= CROWD_RELEASE)
-        return LONG_HOLD_MS if held or rate >= FLOOD_RATE else 0
+        if (
+            rate >= FLOOD_RATE
+            or crowd >= THRONG_HOLD
+            or (hold_ms >= LONG_HOLD_MS and crowd >= THRONG_RELEASE)
+        ):
+            return LONG_HOLD_MS
+        if crowd >= CROWD_HOLD or (hold_ms > 0 and crowd >= CROWD_RELEASE):
+            return SHORT_HOLD_MS
+        return 0
 
     def apply(self, updates: Sequence[OrderUpdate]) -> None:
         for update in updates:

@@ -324,26 +324,32 @@ def test_an_update_moves_the_state_and_its_three_fields_and_keeps_the_rest() -> 
     ), "only expires_at, reason and payment_ref come from an update's fields"
 
 
-def test_the_consumer_holds_fetches_while_many_requests_wait_and_not_for_a_few() -> None:
+def test_the_consumer_holds_fetches_for_many_waiting_longer_for_more_and_not_for_a_few() -> None:
     waiters, _ = waiters_for(FakeOrders())
     hold = waiters.hold_fetches
-    long = kafka_consumer.LONG_HOLD_MS
+    short, long = kafka_consumer.SHORT_HOLD_MS, kafka_consumer.LONG_HOLD_MS
+
+    def waiting(stack: ExitStack, count: int) -> None:
+        while len(waiters) < count:
+            stack.enter_context(waiters.watch(f"o{len(waiters)}"))
+
     with ExitStack() as stack:
         # A few buyers (8 connections): their outcomes come at once, whatever the rate.
-        for i in range(8):
-            stack.enter_context(waiters.watch(f"o{i}"))
+        waiting(stack, 8)
         assert hold(3_000, 0) == 0
-        for i in range(8, order_waiters.CROWD_HOLD):
-            stack.enter_context(waiters.watch(f"o{i}"))
-        assert len(waiters) == order_waiters.CROWD_HOLD
-        # A crowd: throughput is the figure, the long hold.
-        assert hold(0, 0) == long
+        waiting(stack, order_waiters.CROWD_HOLD)
+        assert hold(0, 0) == short
+        # A throng (64 connections): throughput is the figure, the long hold.
+        waiting(stack, order_waiters.THRONG_HOLD)
+        assert hold(0, short) == long
     assert len(waiters) == 0
     with ExitStack() as stack:
-        for _ in range(order_waiters.CROWD_RELEASE):
-            stack.enter_context(waiters.watch("same-order"))
-        # Between the two thresholds it stays as it is.
-        assert hold(0, long) == long and hold(0, 0) == 0
-    assert hold(0, long) == 0
+        # Between two thresholds each hold stays as it is.
+        waiting(stack, order_waiters.THRONG_RELEASE)
+        assert hold(0, long) == long and hold(0, short) == short
+    with ExitStack() as stack:
+        waiting(stack, order_waiters.CROWD_RELEASE)
+        assert hold(0, long) == short and hold(0, short) == short and hold(0, 0) == 0
+    assert hold(0, short) == 0
     # Nobody waits, but outcomes flood in (expiries): held by the rate.
     assert hold(order_waiters.FLOOD_RATE, 0) == long
