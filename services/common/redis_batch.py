@@ -108,6 +108,11 @@ class TickPipeline:
     def redis(self) -> RedisClient:
         return self._redis
 
+    @property
+    def cluster(self) -> bool:
+        """Commands go to the node of their key's slot: a script's keys must share one."""
+        return self._cluster is not None
+
     def command(self, *args: Any) -> asyncio.Future[Any]:
         """Queue one command (`"HGET", key, field`); its reply resolves the future."""
         return self._enqueue(args, None)

@@ -3,12 +3,13 @@ inventory's outcomes move orders (the only way an order that reached inventory c
 state), stock snapshots feed the sold-out fast path.
 
 Runs in the consumer group `<topic_prefix>live_orders`, so each event is applied by one
-live_orders process. A partition's outcomes become one round of Lua transitions (one
-pipelined round trip) and one announcement of the new states on pub/sub, from which the
-waiters of every process take the order as it now is. Every step is idempotent (the
-state machine refuses a repeated or stale event, stock updates carry their version),
-which is what makes Kafka's at-least-once delivery and replays after a crash harmless; a
-replayed batch announces its states again, which moves no waiter back.
+live_orders process. A partition's outcomes become one Lua call (`transition_orders.lua`;
+on a cluster one per slot, in one round trip) and one announcement of the new states on
+pub/sub, from which the waiters of every process take the order as it now is. Every
+step is idempotent (the state machine refuses a repeated or stale event, stock updates
+carry their version), which is what makes Kafka's at-least-once delivery and replays
+after a crash harmless; a replayed batch announces its states again, which moves no
+waiter back.
 """
 
 from __future__ import annotations

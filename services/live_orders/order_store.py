@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import orjson
+from redis.crc import key_slot
 
 from services.common.messages import AttemptsTallied
 from services.common.redis_batch import TickPipeline
-from services.common.redis_scripts import ArgT, LuaScript, RedisClient
+from services.common.redis_scripts import ArgT, KeyT, LuaScript, RedisClient
 from services.live_orders.domain import (
     FINAL_STATUSES,
     Intent,
@@ -40,6 +41,8 @@ LUA = "services.live_orders.lua"
 IDEMPOTENCY_TTL_S = 24 * 3600
 # How long the creator of an order has to publish its event before a retry may take over.
 PUBLISH_LEASE_MS = 10_000
+# Outcomes applied by one script call at most: Redis runs nothing else meanwhile.
+TRANSITIONS_PER_CALL = 200
 # How long a final order stays readable (`LC_ORDER_RETENTION_S` overrides): Redis runs
 # with noeviction, so orders of past sales must leave on their own.
 DEFAULT_RETENTION_S = 30 * 24 * 3600
@@ -67,7 +70,7 @@ class OrderStore:
         self._pipeline = pipeline or TickPipeline(redis)
         self._keys = keys
         self._place = LuaScript(LUA, "place_order.lua")
-        self._transition = LuaScript(LUA, "transition_order.lua")
+        self._transitions = LuaScript(LUA, "transition_orders.lua")
         self._claim_intent = LuaScript(LUA, "claim_intent.lua")
         self._tally_refused = LuaScript(LUA, "tally_refused.lua")
 
@@ -247,25 +250,48 @@ class OrderStore:
     async def transition_many(
         self, requests: Sequence[TransitionRequest], *, now: str
     ) -> list[TransitionResult]:
-        """Apply outcomes to different orders; one round trip for all of them."""
-        futures = []
-        for request in requests:
-            extra: list[str] = []
-            for name, value in request.fields.items():
-                extra.extend((name, value))
-            retention = self._retention_s if request.target in FINAL_STATUSES else 0
-            futures.append(
-                self._pipeline.script(
-                    self._transition,
-                    [self._keys.order(request.order_id)],
-                    [request.target, ",".join(request.allowed_from), now, retention, *extra],
+        """Apply outcomes to orders (in order: one named twice sees the first's result):
+        one script call for all of them, or per slot on a cluster, in one round trip."""
+        calls: list[tuple[list[int], asyncio.Future[Any]]] = []
+        for group in self._call_groups(requests):
+            keys: list[KeyT] = []
+            args: list[ArgT] = [now]
+            for index in group:
+                request = requests[index]
+                keys.append(self._keys.order(request.order_id))
+                retention = self._retention_s if request.target in FINAL_STATUSES else 0
+                args += (request.target, ",".join(request.allowed_from), retention)
+                args.append(len(request.fields))
+                for name, value in request.fields.items():
+                    args += (name, value)
+            calls.append((group, self._pipeline.script(self._transitions, keys, args)))
+        results: list[TransitionResult | None] = [None] * len(requests)
+        replies = await asyncio.gather(*(future for _, future in calls))
+        for (group, _), flat in zip(calls, replies, strict=True):
+            for n, index in enumerate(group):
+                outcome, previous, placed_ms = flat[3 * n : 3 * n + 3]
+                results[index] = TransitionResult(
+                    cast(TransitionOutcome, outcome.decode()), previous.decode(), int(placed_ms)
                 )
-            )
+        return cast(list[TransitionResult], results)
+
+    def _call_groups(self, requests: Sequence[TransitionRequest]) -> list[list[int]]:
+        """The requests' indexes by script call: at most TRANSITIONS_PER_CALL each, and on
+        a cluster only orders of one slot (a script's keys must share its node)."""
+        if not self._pipeline.cluster:
+            indexes = list(range(len(requests)))
+            return [
+                indexes[i : i + TRANSITIONS_PER_CALL]
+                for i in range(0, len(indexes), TRANSITIONS_PER_CALL)
+            ]
+        by_slot: dict[int, list[int]] = {}
+        for index, request in enumerate(requests):
+            slot = key_slot(self._keys.order(request.order_id).encode())
+            by_slot.setdefault(slot, []).append(index)
         return [
-            TransitionResult(
-                cast(TransitionOutcome, outcome.decode()), previous.decode(), int(placed_ms)
-            )
-            for outcome, previous, placed_ms in await asyncio.gather(*futures)
+            group[i : i + TRANSITIONS_PER_CALL]
+            for group in by_slot.values()
+            for i in range(0, len(group), TRANSITIONS_PER_CALL)
         ]
 
     async def claim_intent(

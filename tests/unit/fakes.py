@@ -130,7 +130,7 @@ class FakeOrderRecords:
       an order is stored with a publish lease, and a replay takes the lease (publish) only
       when the order is unpublished and the lease ran out;
     - claim_intent.lua: the first intent recorded on an order stays (`held`);
-    - transition_order.lua: `same`, `stale`, `missing`, else `applied`; any outcome marks
+    - transition_orders.lua: `same`, `stale`, `missing`, else `applied`; any outcome marks
       the order published.
     """
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.cluster import key_slot
 
 from services.common.messages import PickRequested
@@ -26,7 +27,7 @@ from services.inventory.journal_store import JournalStore
 from services.inventory.lot_journal import JournalHead
 from services.inventory.stock_store import StockStore
 from services.live_orders.domain import Listing, TransitionRequest
-from services.live_orders.order_store import OrderStore
+from services.live_orders.order_store import TRANSITIONS_PER_CALL, OrderStore
 from services.live_orders.redis_keys import RedisKeys, new_order_id
 from services.live_orders.session_store import SessionStore
 from services.live_orders.sold_out import SoldOutSkus
@@ -158,13 +159,20 @@ async def test_live_orders_scripts_stay_in_one_slot(calls: list[Any]) -> None:
     orders = OrderStore(redis, keys, pipeline=pipeline)
     sessions = SessionStore(redis, keys, pipeline)
     sold_out = SoldOutSkus(redis, keys, pipeline)
+    # A consumed batch's outcomes: on a cluster one transition call per slot of its orders.
+    cluster_orders = OrderStore(
+        redis, keys, pipeline=TickPipeline(RedisCluster(host="127.0.0.1", port=1))
+    )
+    batch = [
+        TransitionRequest(new_order_id(buyer), "reserved", ("pending",), {"held": "1"})
+        for buyer in BUYERS
+    ]
+    await recording(cluster_orders.transition_many(batch, now="t"))
+    slots = {key_slot(keys.order(request.order_id).encode()) for request in batch}
+    assert len(slots) > 1
+    assert len(calls) == len(slots)
     for buyer in BUYERS:
         order_id = new_order_id(buyer)
-        await recording(
-            orders.transition_many(
-                [TransitionRequest(order_id, "reserved", ("pending",), {"held": "1"})], now="t"
-            )
-        )
         await recording(orders.claim_intent(order_id, intent="pay", allowed_from=("reserved",)))
         # place_order.lua: the bucket, the idempotency claim and the order of one buyer
         # (order_store.place builds exactly these; every order id carries its buyer's tag).
@@ -191,6 +199,23 @@ async def test_live_orders_scripts_stay_in_one_slot(calls: list[Any]) -> None:
         calls,
         scripts_of("services.live_orders.lua"),
     )
+
+
+async def test_a_batch_of_outcomes_is_one_call_on_a_single_node(calls: list[Any]) -> None:
+    """On one node the slots do not matter: a consumed batch is one script call (up to
+    TRANSITIONS_PER_CALL outcomes), its orders in the batch's order."""
+    keys = RedisKeys(PREFIX)
+    orders = OrderStore(Redis(), keys, pipeline=TickPipeline(Redis()))
+    batch = [
+        TransitionRequest(new_order_id(f"buyer-{n}"), "reserved", ("pending",), {})
+        for n in range(TRANSITIONS_PER_CALL + 50)
+    ]
+    await recording(orders.transition_many(batch, now="t"))
+    assert [name for name, _ in calls] == ["transition_orders.lua"] * 2
+    assert [key for _, keys_ in calls for key in keys_] == [
+        keys.order(request.order_id) for request in batch
+    ]
+    assert len(calls[0][1]) == TRANSITIONS_PER_CALL
 
 
 async def test_notifier_scripts_stay_in_the_notifier_slot(calls: list[Any]) -> None:
