@@ -7,7 +7,6 @@ import binascii
 import hashlib
 import hmac
 import time
-from dataclasses import dataclass
 from typing import Any, Literal, TypeGuard, cast
 
 import jwt
@@ -15,12 +14,13 @@ import orjson
 from aiohttp import web
 
 from services.common.problems import ProblemError
+from services.common.values import value_class
 
 Role = Literal["buyer", "host", "warehouse", "payments", "admin"]
 ROLES: frozenset[str] = frozenset({"buyer", "host", "warehouse", "payments", "admin"})
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Principal:
     sub: str
     role: Role

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from services.common.events import Envelope
 from services.common.messages import Message
+from services.common.values import value_class
 
 M_co = TypeVar("M_co", bound=Message, covariant=True)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ConsumedEvent(Generic[M_co]):
     topic: str
     partition: int

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -21,6 +21,7 @@ import orjson
 from services.common.clock import now_rfc3339
 from services.common.messages import MESSAGE_TYPES, Message
 from services.common.schemas import first_error
+from services.common.values import value_class
 
 # Namespace of deterministic event ids: an outcome decided once gets the same event_id
 # however often it is re-published (after a crash or a replay), so consumers can dedup it.
@@ -53,7 +54,7 @@ M_co = TypeVar("M_co", bound=Message, covariant=True)
 T = TypeVar("T", bound=Message)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Envelope(Generic[M_co]):
     """One event: a typed message and where it came from."""
 
@@ -107,7 +108,7 @@ def encode(envelope: Envelope[Message]) -> bytes:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ReceivedEnvelope:
     """A message value whose envelope is valid and whose (type, version) is known; its
     data is neither validated nor decoded until `decode()`, so a consumer passes over the

@@ -7,20 +7,23 @@ class's encoded sample valid), so neither can drift without a failing test. The 
 `services.common.events` validates incoming data against the schema and then builds the
 class registered for its `(type, version)` in `MESSAGE_TYPES`.
 
-The classes are frozen, slotted dataclasses, which orjson serializes natively: encoding an
-event costs no intermediate dict.
+The classes are value classes (`services.common.values`: frozen to mypy, slotted
+dataclasses at run time), which orjson serializes natively: encoding an event costs no
+intermediate dict.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any, ClassVar, Literal, Self, TypedDict
+
+from services.common.values import value_class
 
 RejectReason = Literal["sold_out", "limit_exceeded", "not_on_sale"]
 SessionStatus = Literal["scheduled", "live", "ended"]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Message:
     """Base of every event's data. `TYPE` and `VERSION` name it on the wire."""
 
@@ -37,7 +40,7 @@ class Message:
         return self
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class OrderMessage(Message):
     """An event about one order: these five fields lead every one of them."""
 
@@ -59,7 +62,7 @@ class OrderFacts(TypedDict):
     quantity: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class OrderPlaced(OrderMessage):
     TYPE: ClassVar[str] = "order.placed"
     VERSION: ClassVar[int] = 1
@@ -70,7 +73,7 @@ class OrderPlaced(OrderMessage):
     placed_at: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class OrderRejected(OrderMessage):
     """An attempt refused by live_orders itself (sold-out fast path, not on sale): it never
     reaches inventory, but hosts count it as an attempt. No longer published (refusals are
@@ -82,7 +85,7 @@ class OrderRejected(OrderMessage):
     reason: RejectReason
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class AttemptsTallied(Message):
     """Attempts live_orders refused itself (sold-out fast path, not on sale), counted in a
     batch: one event per session per batch instead of one `order.rejected` per attempt.
@@ -103,7 +106,7 @@ class AttemptsTallied(Message):
         return self.sold_out + self.not_on_sale
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class OrderPaid(OrderMessage):
     TYPE: ClassVar[str] = "order.paid"
     VERSION: ClassVar[int] = 1
@@ -112,13 +115,13 @@ class OrderPaid(OrderMessage):
     amount_cents: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class OrderCancelled(OrderMessage):
     TYPE: ClassVar[str] = "order.cancelled"
     VERSION: ClassVar[int] = 1
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ReservationConfirmed(OrderMessage):
     TYPE: ClassVar[str] = "reservation.confirmed"
     VERSION: ClassVar[int] = 1
@@ -127,7 +130,7 @@ class ReservationConfirmed(OrderMessage):
     expires_at: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ReservationRejected(OrderMessage):
     TYPE: ClassVar[str] = "reservation.rejected"
     VERSION: ClassVar[int] = 1
@@ -135,14 +138,14 @@ class ReservationRejected(OrderMessage):
     reason: RejectReason
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class LotAllocation:
     lot_code: str
     warehouse_id: str
     quantity: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ReservationCommitted(OrderMessage):
     TYPE: ClassVar[str] = "reservation.committed"
     VERSION: ClassVar[int] = 1
@@ -157,7 +160,7 @@ class ReservationCommitted(OrderMessage):
         return cls(**{**data, "allocations": allocations})
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ReservationReleased(OrderMessage):
     """Units of a cancelled order given back to the pool."""
 
@@ -165,7 +168,7 @@ class ReservationReleased(OrderMessage):
     VERSION: ClassVar[int] = 1
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ReservationExpired(OrderMessage):
     """Units of a hold whose payment deadline passed, given back to the pool."""
 
@@ -173,7 +176,7 @@ class ReservationExpired(OrderMessage):
     VERSION: ClassVar[int] = 1
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class StockChanged(Message):
     TYPE: ClassVar[str] = "stock.changed"
     VERSION: ClassVar[int] = 1
@@ -193,7 +196,7 @@ class StockChanged(Message):
         return _without(self, "version")
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class PickRequested(Message):
     TYPE: ClassVar[str] = "pick.requested"
     VERSION: ClassVar[int] = 1
@@ -217,7 +220,7 @@ class PickRequested(Message):
         return _without(self, "trace_code")
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class PickCompleted(Message):
     """A pick task done by warehouse staff (published once, by the notifier)."""
 
@@ -235,7 +238,7 @@ class PickCompleted(Message):
     completed_by: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class LotUpdated(Message):
     """A lot as it is after its journal grew (a receipt, an allocation, a completed pick);
     `journal_seq` orders the versions of one lot."""
@@ -257,7 +260,7 @@ class LotUpdated(Message):
     journal_head: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Listing:
     sku: str
     title: str
@@ -267,7 +270,7 @@ class Listing:
     sale_ends_at: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class SessionUpdated(Message):
     TYPE: ClassVar[str] = "session.updated"
     VERSION: ClassVar[int] = 1
@@ -289,7 +292,7 @@ class SessionUpdated(Message):
         return cls(**{**data, "listings": listings})
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class EventDeadLettered(Message):
     """What a consumer could not decode or validate, kept whole for an engineer to read."""
 

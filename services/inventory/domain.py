@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
 from typing import Literal
 
 from services.common.messages import OrderPlaced, RejectReason
+from services.common.values import value_class
 
 # The state an order has in inventory's eyes. `unknown`: no order.placed was decided.
 OrderState = Literal["reserved", "rejected", "committed", "released", "expired"]
@@ -19,7 +19,7 @@ HoldStatus = Literal["reserved", "rejected", "committed", "released", "expired",
 LotUpsertStatus = Literal["created", "updated", "conflict"]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class StockLevels:
     received: int
     available: int
@@ -37,7 +37,7 @@ class StockLevels:
         return min(parts) >= 0 and sum(parts) == self.received
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class PlacedOrder:
     """An order.placed event as reserve_batch.lua takes it."""
 
@@ -62,7 +62,7 @@ class PlacedOrder:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Allocation:
     lot_code: str
     warehouse_id: str
@@ -70,7 +70,7 @@ class Allocation:
     expires_on: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class OrderRecord:
     """What Redis keeps per order of a sku: the reservation decision (kept for replays)
     and the order's current state, with what the outcome events need to be rebuilt
@@ -94,7 +94,7 @@ class OrderRecord:
         return self.reason is None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ReservationDecision:
     record: OrderRecord
     offset: int
@@ -106,7 +106,7 @@ class ReservationDecision:
         return "confirmed" if self.record.reason is None else self.record.reason
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class ReserveBatchResult:
     levels: StockLevels
     decisions: list[ReservationDecision]
@@ -114,7 +114,7 @@ class ReserveBatchResult:
     skipped: list[str]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class HoldOutcome:
     """What commit.lua or release.lua answered for one order."""
 
@@ -124,7 +124,7 @@ class HoldOutcome:
     levels: StockLevels
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class SweepResult:
     released: int
     holds_left: int
@@ -132,7 +132,7 @@ class SweepResult:
     levels: StockLevels
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class LotInput:
     lot_code: str
     warehouse_id: str
@@ -146,7 +146,7 @@ class LotInput:
     inspection: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Lot:
     lot_code: str
     warehouse_id: str
@@ -165,7 +165,7 @@ def fefo_key(lot: Lot) -> tuple[bool, str, str]:
     return (lot.expires_on is None, lot.expires_on or "", lot.lot_code)
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class LotUpsertResult:
     status: LotUpsertStatus
     lot: Lot | None
@@ -173,7 +173,7 @@ class LotUpsertResult:
     levels: StockLevels
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class SkuView:
     sku: str
     levels: StockLevels

@@ -39,6 +39,7 @@ from services.common.messages import (
     OrderPlaced,
     PickCompleted,
 )
+from services.common.values import value_class
 from services.inventory import outcome_events
 from services.inventory.domain import (
     Allocation,
@@ -110,7 +111,7 @@ class SkuOutcome:
 RunHandler = Callable[[str, Sequence[ConsumedEvent[Any]], SkuOutcome], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Run:
     handler: RunHandler
     events: list[ConsumedEvent[Any]]

@@ -29,7 +29,6 @@ decision sweep (retention_sweeper.py). Journals themselves are never trimmed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -39,6 +38,7 @@ from services.common.messages import RejectReason
 from services.common.redis_batch import TickPipeline
 from services.common.redis_scripts import ArgT, KeyT, LuaScript, RedisClient
 from services.common.settings import Settings
+from services.common.values import value_class
 from services.inventory.domain import (
     Allocation,
     HoldOutcome,
@@ -62,7 +62,7 @@ LUA = "services.inventory.lua"
 COMMON_LUA = "services.common.lua"
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class RetentionSweep:
     """What one forget_decisions call dropped, and what stays scheduled."""
 
@@ -80,7 +80,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class SkuKeys:
     prefix: str
     sku: str

@@ -13,7 +13,6 @@ import functools
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
@@ -30,6 +29,7 @@ from services.common.messages import (
     SessionStatus,
     SessionUpdated,
 )
+from services.common.values import value_class
 
 OrderStatus = Literal["pending", "reserved", "rejected", "paid", "cancelled", "expired"]
 Intent = Literal["pay", "cancel"]
@@ -88,7 +88,7 @@ def parse_wait(raw: str | None, default: float) -> float:
 # ---------------------------------------------------------------------------- sessions
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Listing:
     sku: str
     title: str
@@ -151,7 +151,7 @@ def _normalize_time(value: str | None, field: str) -> str | None:
         raise InvalidInput(f"{field}: not an RFC 3339 time with offset: {value!r}") from exc
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Session:
     session_id: str
     host_id: str
@@ -194,7 +194,7 @@ MoveOutcome = Literal["applied", "same", "conflict", "missing"]
 AddListingOutcome = Literal["added", "duplicate", "ended", "missing"]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class MoveResult:
     """What the session store answered to a start or end."""
 
@@ -205,7 +205,7 @@ class MoveResult:
 # ------------------------------------------------------------------------------ orders
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Order:
     order_id: str
     status: OrderStatus
@@ -273,7 +273,7 @@ def check_quantity(listing: Listing, quantity: int) -> None:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Transition:
     """What an inventory outcome does to an order: from which states, into which."""
 
@@ -313,7 +313,7 @@ PAYABLE_FROM: tuple[OrderStatus, ...] = ("reserved",)
 CANCELLABLE_FROM: tuple[OrderStatus, ...] = ("pending", "reserved")
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class OrderContext:
     """What placing an order needs to know about its session (order_context caches it)."""
 
@@ -330,7 +330,7 @@ TransitionOutcome = Literal["applied", "same", "stale", "missing"]
 IntentOutcome = Literal["claimed", "held", "not_allowed", "missing"]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Placement:
     """What `place` did. `order` is the order as stored (None when limited or mismatch);
     `created`: this call stored it; `publish`: this caller holds the lease to publish its
@@ -344,7 +344,7 @@ class Placement:
     retry_after_ms: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class TransitionRequest:
     order_id: str
     target: str
@@ -352,14 +352,14 @@ class TransitionRequest:
     fields: dict[str, str]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class TransitionResult:
     outcome: TransitionOutcome
     previous: str
     placed_ms: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class IntentResult:
     outcome: IntentOutcome
     status: str

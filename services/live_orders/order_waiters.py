@@ -14,13 +14,13 @@ overtook a read, or a replayed batch's, never moves it back.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import orjson
 
 from services.common.kafka_consumer import LONG_HOLD_MS, SHORT_HOLD_MS
+from services.common.values import value_class
 from services.live_orders.domain import Order, OrderStatus
 from services.live_orders.metrics import LiveOrdersMetrics
 
@@ -60,7 +60,7 @@ FLOOD_RATE = 5_000
 UPDATABLE_FIELDS = frozenset({"expires_at", "reason", "payment_ref"})
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@value_class
 class OrderUpdate:
     order_id: str
     status: OrderStatus

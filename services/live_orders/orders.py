@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Container, Iterable
-from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from services.common.auth import Principal
 from services.common.clock import epoch_ms, ms_rfc3339, utc_now
 from services.common.events import Envelope, Publisher
 from services.common.messages import Message
+from services.common.values import value_class
 from services.live_orders.domain import (
     CANCELLABLE_FROM,
     FINAL_STATUSES,
@@ -45,13 +45,13 @@ from services.live_orders.redis_keys import new_order_id
 Verdict = Literal["done", "refused", "accepted"]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Answer:
     verdict: Verdict
     order: Order
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class OrderLimits:
     rate_limit_burst: int
     rate_limit_per_s: float

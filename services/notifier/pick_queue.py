@@ -8,10 +8,10 @@ for all of them. Waves are listed first-expired-first-out, like the lots they pi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from services.common.messages import PickCompleted
+from services.common.values import value_class
 
 PickStatus = Literal["open", "done"]
 PICK_STATUSES: frozenset[str] = frozenset({"open", "done"})
@@ -23,7 +23,7 @@ def wave_id(sku: str, lot_code: str) -> str:
     return f"{sku}/{lot_code}"
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class PickTask:
     pick_id: str
     order_id: str
@@ -118,7 +118,7 @@ class PickTask:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Wave:
     wave_id: str
     sku: str

@@ -10,7 +10,7 @@ redelivers it.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import orjson
@@ -29,6 +29,7 @@ from services.common.messages import (
     SessionUpdated,
     StockChanged,
 )
+from services.common.values import value_class
 from services.notifier.redis_keys import NotifierKeys
 from services.notifier.trace import LotRecord, lot_field
 
@@ -55,7 +56,7 @@ REJECTION_COUNTER: Mapping[str, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Increment:
     """HINCRBY key field amount."""
 
@@ -64,7 +65,7 @@ class Increment:
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Assign:
     """HSET key field value."""
 
@@ -73,7 +74,7 @@ class Assign:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class RankAdd:
     """ZINCRBY key amount member."""
 
@@ -82,7 +83,7 @@ class RankAdd:
     amount: int
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class SetAdd:
     """SADD key member."""
 
@@ -90,7 +91,7 @@ class SetAdd:
     member: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class AssignIfNewer:
     """HSET key field value, unless the hash `versions` holds a version for `field` at or
     above `version`; a newer version is recorded there too.
@@ -109,7 +110,7 @@ class AssignIfNewer:
     version: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class IncrementOnce:
     """HINCRBY key field amount, only if `member` is new in the set `seen` (then added
     there): a count that more than one event may carry, made by whichever comes first
@@ -122,7 +123,7 @@ class IncrementOnce:
     member: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class KeepForTrace:
     """ZADD key GT <now + the trace retention> member: `key` is the companion sorted set
     (member -> epoch ms it may go) of a hash whose field `member` the retention sweep drops
@@ -135,7 +136,7 @@ class KeepForTrace:
 Op = Increment | Assign | RankAdd | AssignIfNewer | SetAdd | KeepForTrace | IncrementOnce
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Guard:
     """Apply the effect only if `member` is new in the set `key` (then add it)."""
 
@@ -143,7 +144,7 @@ class Guard:
     member: str
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class EventEffect:
     offset: int
     guard: Guard | None = None
@@ -293,7 +294,7 @@ def lot_effect(event: LotUpdated, offset: int, keys: NotifierKeys) -> EventEffec
     return EventEffect(offset, None, (assign,))
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class Applied:
     """What the projection store did with a batch's effects."""
 
@@ -324,7 +325,7 @@ def _json(value: object) -> str:
 # ---------------------------------------------------------------- reading it back
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class SessionInfo:
     session_id: str
     host_id: str
@@ -338,7 +339,7 @@ class SessionInfo:
         return [str(listing["sku"]) for listing in self.listings]
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class SkuStock:
     """A SKU's counters as the newest stock.changed left them."""
 

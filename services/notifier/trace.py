@@ -12,12 +12,13 @@ payment reference: a label travels with the box, to whoever holds it.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import orjson
 
 from services.common.messages import LotUpdated
+from services.common.values import value_class
 from services.notifier.pick_queue import PickTask
 
 # The shape pick.requested allows (schemas/events/pick.requested.v1.json). Anything else
@@ -34,7 +35,7 @@ def lot_field(sku: str, lot_code: str) -> str:
     return orjson.dumps([sku, lot_code]).decode()
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class LotRecord:
     """A lot's trace fields as its newest lot.updated left them."""
 
@@ -68,7 +69,7 @@ class LotRecord:
         return cls(**orjson.loads(raw))
 
 
-@dataclass(frozen=True, slots=True)
+@value_class
 class SessionLabel:
     """What a trace shows of the session the box was sold in."""
 
