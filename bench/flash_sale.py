@@ -298,9 +298,12 @@ async def run_burst(
     seed: int = 7,
     progress: Callable[[int, int], None] | None = None,
     buyer_prefix: str | None = None,
+    spread_s: float = 0.0,
 ) -> BurstResult:
-    """`attempts` presses of *buy* spread over `buyers` viewers, `concurrency` in flight.
-    Every 202 is followed up with a long-poll until the order is decided."""
+    """`attempts` presses of *buy* spread over `buyers` viewers, `concurrency` in flight;
+    with `spread_s`, offered evenly over that many seconds (a load that must outlast a
+    fault however fast the stack answers), else all at once. Every 202 is followed up
+    with a long-poll until the order is decided."""
     rng = random.Random(seed)
     prefix = buyer_prefix or f"viewer-{uuid.uuid4().hex[:6]}"
     plan = [
@@ -311,8 +314,10 @@ async def run_burst(
     gate = asyncio.Semaphore(concurrency)
     done = 0
 
-    async def press(buyer: str, quantity: int, key: str) -> None:
+    async def press(index: int, buyer: str, quantity: int, key: str) -> None:
         nonlocal done
+        if spread_s > 0:
+            await asyncio.sleep(result.started + index * spread_s / attempts - time.monotonic())
         async with gate:
             started = time.monotonic()
             answer = await client.place_order(
@@ -338,7 +343,7 @@ async def run_burst(
         if progress is not None:
             progress(done, attempts)
 
-    await asyncio.gather(*(press(*p) for p in plan))
+    await asyncio.gather(*(press(i, *p) for i, p in enumerate(plan)))
     result.finished = time.monotonic()
     return result
 

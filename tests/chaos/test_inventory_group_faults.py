@@ -216,6 +216,9 @@ async def test_inventory_processes_joining_and_leaving_every_second_lose_and_dou
             attempts=1600,
             max_quantity=LIMIT,
             concurrency=40,
+            # Offered over 5 s: the churn needs seconds (one change a second), and the
+            # stack answers 1,600 attempts in about one.
+            spread_s=5.0,
         )
     finally:
         burst_over.set()
